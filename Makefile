@@ -1,0 +1,85 @@
+# memblock: an nbdkit plugin serving named, sparse, in-memory block devices.
+#
+#   make            build ./memblock.so and the man page
+#   make check      install what is missing, build, run every test
+#   make run        install what is missing, build, serve disk0 in the foreground
+#   make install    install as nbdkit's "memblock" plugin, with the man page
+#   make clean
+
+CC       ?= gcc
+OPTFLAGS ?= -O2 -g
+WARN     := -Wall -Wextra -Werror
+# Recursive (=) so that pkg-config is asked after install-deps has run.
+NBDKIT_CFLAGS = $(shell pkg-config --cflags nbdkit 2>/dev/null)
+CHECK_LIBS    = $(shell pkg-config --libs check 2>/dev/null)
+PLUGINDIR     = $(shell pkg-config --variable=plugindir nbdkit 2>/dev/null)
+CFLAGS_ALL    = -std=gnu11 $(WARN) $(OPTFLAGS) -fPIC -pthread $(NBDKIT_CFLAGS) \
+                $(SANFLAGS) $(CFLAGS)
+
+PREFIX  ?= /usr/local
+MANDIR  ?= $(PREFIX)/share/man
+
+# BUILD holds objects of one variant (plain, asan, tsan).
+BUILD ?= build/plain
+
+STORE_SRCS  := plugin/store.c plugin/chunkdir.c plugin/arena.c
+PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c \
+               plugin/registry.c $(STORE_SRCS)
+HEADERS     := $(wildcard plugin/*.h)
+UNIT_TESTS  := test-store
+
+obj = $(patsubst plugin/%.c,$(BUILD)/%.o,$(1))
+
+.PHONY: all deps deps-check check run install uninstall clean bench fuzz \
+        unit shell-tests
+
+all: memblock.so nbdkit-memblock.1
+
+$(BUILD)/%.o: plugin/%.c $(HEADERS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_ALL) -c -o $@ $<
+
+$(BUILD)/memblock.so: $(call obj,$(PLUGIN_SRCS))
+	$(CC) $(CFLAGS_ALL) -shared -o $@ $^ $(LDFLAGS)
+
+memblock.so: $(BUILD)/memblock.so
+	cp $< $@
+
+$(BUILD)/test-%: tests/unit/test-%.c $(call obj,$(STORE_SRCS))
+	$(CC) $(CFLAGS_ALL) -Iplugin -o $@ $^ $(CHECK_LIBS) $(LDFLAGS)
+
+nbdkit-memblock.1: nbdkit-memblock.pod
+	pod2man --section=1 --center="nbdkit" --release="memblock" \
+	  --name=nbdkit-memblock $< > $@
+
+deps:
+	@sh scripts/install-deps.sh build
+
+deps-check:
+	@sh scripts/install-deps.sh check
+
+unit: $(addprefix $(BUILD)/,$(UNIT_TESTS))
+
+check: deps-check
+	$(MAKE) all unit
+	podchecker nbdkit-memblock.pod
+	sh tests/run-tests.sh $(BUILD)
+
+run: deps
+	$(MAKE) all
+	sh scripts/run.sh
+
+bench: deps-check
+	$(MAKE) all
+	sh bench/run.sh
+
+install: all
+	install -D -m 0755 memblock.so $(DESTDIR)$(PLUGINDIR)/nbdkit-memblock-plugin.so
+	install -D -m 0644 nbdkit-memblock.1 $(DESTDIR)$(MANDIR)/man1/nbdkit-memblock.1
+
+uninstall:
+	rm -f $(DESTDIR)$(PLUGINDIR)/nbdkit-memblock-plugin.so \
+	      $(DESTDIR)$(MANDIR)/man1/nbdkit-memblock.1
+
+clean:
+	rm -rf build memblock.so nbdkit-memblock.1

@@ -1,0 +1,41 @@
+/* memblock: plugin parameters. */
+#ifndef MEMBLOCK_CONFIG_H
+#define MEMBLOCK_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "connect.h"
+
+#define CONFIG_DEFAULT_SIZE ((uint64_t) 16 << 20)       /* Mirage's 16M */
+#define CONFIG_DEFAULT_CHUNK_SHIFT 24                   /* 16 MiB */
+#define CONFIG_DEFAULT_MAX_DEVICES 64
+#define CONFIG_MAX_DEVICES_LIMIT 65536
+#define CONFIG_DEFAULT_NAME "disk0"
+
+struct config {
+  uint64_t size;                /* size of devices that give none */
+  unsigned chunk_shift;
+  uint64_t max_memory;          /* UINT64_MAX: no cap */
+  bool dynamic;                 /* create unknown exports on connect */
+  unsigned max_devices;
+  struct connect *devices;      /* declared with name=, in order */
+  size_t ndevices;
+};
+
+extern struct config config;
+
+extern int config_set (const char *key, const char *value);
+extern int config_complete (void);
+extern void config_free (void);
+
+#define CONFIG_HELP \
+  "name=NAME[:ro|:rw][:size=SIZE]  Declare a device (repeatable; default disk0).\n" \
+  "size=SIZE                       Default device size (default 16M).\n" \
+  "chunk-size=SIZE                 Allocation chunk, power of 2, 4K..1G (default 16M).\n" \
+  "max-memory=SIZE                 Cap on data held by all devices (default none).\n" \
+  "dynamic=BOOL                    Create unknown exports on connect (default false).\n" \
+  "max-devices=N                   Most devices in all (default 64)."
+
+#endif /* MEMBLOCK_CONFIG_H */

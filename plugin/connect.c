@@ -1,0 +1,181 @@
+/* memblock: connect strings, NAME[:ro|:rw][:size=SIZE].
+ *
+ * The same grammar names devices on the command line (name=...) and
+ * selects them from a client (the NBD export name):
+ *
+ *   NAME          1 to 256 bytes of UTF-8, no control characters,
+ *                 no '/' and no ':'
+ *   :ro / :rw     read-only or read-write (at most one of them, once)
+ *   :size=SIZE    device size, with nbdkit_parse_size suffixes
+ *
+ * Export names arrive from the network, so every message about one
+ * quotes it through connect_quote: escaped and cut short.
+ */
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-plugin.h>
+
+#include "connect.h"
+
+/* Printable, length-limited form of untrusted s for log messages. */
+const char *
+connect_quote (const char *s, char *buf, size_t len)
+{
+  size_t o = 0;
+
+  for (; *s && o + 8 < len; s++) {
+    unsigned char ch = *s;
+    if (ch >= 0x20 && ch < 0x7f && ch != '\\')
+      buf[o++] = ch;
+    else
+      o += snprintf (buf + o, len - o, "\\x%02x", ch);
+  }
+  if (*s)
+    snprintf (buf + o, len - o, "...");
+  else
+    buf[o] = '\0';
+  return buf;
+}
+
+/* Length of the UTF-8 sequence at s if it is valid and not a control
+ * character, else 0.
+ */
+static size_t
+connect_utf8_char (const unsigned char *s)
+{
+  unsigned cp, n, i;
+
+  if (s[0] < 0x80)
+    return s[0] >= 0x20 && s[0] != 0x7f ? 1 : 0;
+  else if ((s[0] & 0xe0) == 0xc0)
+    n = 2, cp = s[0] & 0x1f;
+  else if ((s[0] & 0xf0) == 0xe0)
+    n = 3, cp = s[0] & 0x0f;
+  else if ((s[0] & 0xf8) == 0xf0)
+    n = 4, cp = s[0] & 0x07;
+  else
+    return 0;
+  for (i = 1; i < n; i++) {
+    if ((s[i] & 0xc0) != 0x80)
+      return 0;
+    cp = (cp << 6) | (s[i] & 0x3f);
+  }
+  if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) ||
+      (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
+      (cp >= 0xd800 && cp <= 0xdfff) ||
+      (cp >= 0x80 && cp <= 0x9f))            /* C1 controls */
+    return 0;
+  return n;
+}
+
+/* Check a device name of len bytes; report and return -1 if bad. */
+static int
+connect_check_name (const char *name, size_t len, const char *what)
+{
+  size_t i, n;
+
+  if (len == 0) {
+    nbdkit_error ("%s: the device name is empty", what);
+    return -1;
+  }
+  if (len > CONNECT_NAME_MAX) {
+    nbdkit_error ("%s: the device name is longer than %d bytes",
+                  what, CONNECT_NAME_MAX);
+    return -1;
+  }
+  for (i = 0; i < len; i += n) {
+    if (name[i] == '/') {
+      nbdkit_error ("%s: the device name may not contain '/'", what);
+      return -1;
+    }
+    n = connect_utf8_char ((const unsigned char *) name + i);
+    if (n == 0 || i + n > len) {
+      nbdkit_error ("%s: the device name has a control character or "
+                    "is not valid UTF-8", what);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* Apply one option (between ':' separators) to c; -1 if bad. */
+static int
+connect_option (const char *opt, size_t len, const char *what,
+                struct connect *c)
+{
+  char buf[CONNECT_QUOTE_MAX], value[64];
+  int ro;
+
+  if (len == 0) {
+    nbdkit_error ("%s: empty option (a stray ':')", what);
+    return -1;
+  }
+  if ((len == 2 && strncmp (opt, "ro", 2) == 0) ||
+      (len == 2 && strncmp (opt, "rw", 2) == 0)) {
+    ro = opt[1] == 'o';
+    if (c->readonly != -1) {
+      nbdkit_error ("%s: ':ro' and ':rw' may appear only once, "
+                    "and not together", what);
+      return -1;
+    }
+    c->readonly = ro;
+    return 0;
+  }
+  if (len > 5 && strncmp (opt, "size=", 5) == 0) {
+    if (c->size != -1) {
+      nbdkit_error ("%s: ':size=' given twice", what);
+      return -1;
+    }
+    if (len - 5 >= sizeof value) {
+      nbdkit_error ("%s: the size is too long to be a number", what);
+      return -1;
+    }
+    memcpy (value, opt + 5, len - 5);
+    value[len - 5] = '\0';
+    c->size = nbdkit_parse_size (value);
+    if (c->size == -1) {
+      nbdkit_error ("%s: bad size '%s'", what,
+                    connect_quote (value, buf, sizeof buf));
+      return -1;
+    }
+    return 0;
+  }
+  snprintf (value, sizeof value, "%.*s", (int) (len < 40 ? len : 40), opt);
+  nbdkit_error ("%s: unknown option '%s' (expected ro, rw or size=SIZE)",
+                what, connect_quote (value, buf, sizeof buf));
+  return -1;
+}
+
+/* Parse str into c; on error log a line naming it and return -1. */
+int
+connect_parse (const char *str, enum connect_origin origin, struct connect *c)
+{
+  char quoted[CONNECT_QUOTE_MAX], what[CONNECT_QUOTE_MAX + 32];
+  const char *colon = strchr (str, ':');
+  size_t len = colon ? (size_t) (colon - str) : strlen (str);
+
+  connect_quote (str, quoted, sizeof quoted);
+  if (origin == CONNECT_CONFIG)
+    snprintf (what, sizeof what, "name=%s", quoted);
+  else
+    snprintf (what, sizeof what, "export '%s'", quoted);
+
+  c->readonly = -1;
+  c->size = -1;
+  if (connect_check_name (str, len, what) == -1)
+    return -1;
+  memcpy (c->name, str, len);
+  c->name[len] = '\0';
+  while (colon) {
+    const char *opt = colon + 1;
+    colon = strchr (opt, ':');
+    len = colon ? (size_t) (colon - opt) : strlen (opt);
+    if (connect_option (opt, len, what, c) == -1)
+      return -1;
+  }
+  return 0;
+}

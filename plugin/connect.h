@@ -1,0 +1,29 @@
+/* memblock: connect strings, NAME[:ro|:rw][:size=SIZE]. */
+#ifndef MEMBLOCK_CONNECT_H
+#define MEMBLOCK_CONNECT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONNECT_NAME_MAX 256
+
+/* Where a connect string came from, for error messages. */
+enum connect_origin {
+  CONNECT_CONFIG,               /* a name=... parameter */
+  CONNECT_CLIENT,               /* an NBD export name */
+};
+
+struct connect {
+  char name[CONNECT_NAME_MAX + 1];
+  int readonly;                 /* -1 not given, 0 :rw, 1 :ro */
+  int64_t size;                 /* -1 not given */
+};
+
+extern int connect_parse (const char *str, enum connect_origin origin,
+                          struct connect *c);
+extern const char *connect_quote (const char *s, char *buf, size_t len);
+
+/* Enough room for connect_quote of any string. */
+#define CONNECT_QUOTE_MAX 96
+
+#endif /* MEMBLOCK_CONNECT_H */

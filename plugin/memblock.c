@@ -1,0 +1,388 @@
+/* memblock: nbdkit plugin serving named, sparse, in-memory block devices.
+ *
+ * This file holds only the nbdkit callbacks.  A request goes:
+ *   memblock_pwrite  -> store_write (store.c) -> chunk pages
+ * with the device chosen once per connection in memblock_open from the
+ * NBD export name (connect.c parses it, registry.c finds the device).
+ */
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-plugin.h>
+
+#include "config.h"
+#include "connect.h"
+#include "registry.h"
+#include "store.h"
+
+#define MEMBLOCK_VERSION "1.0"
+
+/* Largest read or write nbdkit 1.32 accepts in one request. */
+#define MEMBLOCK_MAX_REQUEST (64 * 1024 * 1024)
+
+/* Per-connection state. */
+struct handle {
+  struct device *dev;
+  bool readonly;                /* device, connection (:ro) or nbdkit -r */
+  char description[REGISTRY_DESCRIPTION_MAX];
+};
+
+/* Set once a refusal at max-memory is logged; a trim or zero resets it,
+ * so a client hammering at the cap gives one log line, not thousands.
+ */
+static atomic_bool memblock_cap_logged;
+
+/* The .unload callback. */
+static void
+memblock_unload (void)
+{
+  registry_free ();
+  config_free ();
+}
+
+/* The .dump_plugin callback. */
+static void
+memblock_dump_plugin (void)
+{
+  printf ("memblock_version=%s\n", MEMBLOCK_VERSION);
+  printf ("memblock_default_size=%" PRIu64 "\n", CONFIG_DEFAULT_SIZE);
+  printf ("memblock_default_chunk_size=%" PRIu64 "\n",
+          (uint64_t) 1 << CONFIG_DEFAULT_CHUNK_SHIFT);
+  printf ("memblock_max_size=%" PRIu64 "\n", STORE_MAX_SIZE);
+  printf ("memblock_default_max_devices=%d\n", CONFIG_DEFAULT_MAX_DEVICES);
+}
+
+/* The .get_ready callback: create the declared devices. */
+static int
+memblock_get_ready (void)
+{
+  return registry_init ();
+}
+
+/* registry_list callback: advertise one device. */
+static int
+memblock_add_export (void *exports, const struct device *dev)
+{
+  char description[REGISTRY_DESCRIPTION_MAX];
+
+  registry_describe (dev, dev->readonly, description, sizeof description);
+  return nbdkit_add_export (exports, dev->name, description);
+}
+
+/* The .list_exports callback: every device, with size and ro/rw. */
+static int
+memblock_list_exports (int readonly, int is_tls,
+                       struct nbdkit_exports *exports)
+{
+  (void) readonly;
+  (void) is_tls;
+  return registry_list (memblock_add_export, exports);
+}
+
+/* The .default_export callback: the first declared device. */
+static const char *
+memblock_default_export (int readonly, int is_tls)
+{
+  (void) readonly;
+  (void) is_tls;
+  return registry_default ()->name;
+}
+
+/* The .open callback: pick the device named by the export name. */
+static void *
+memblock_open (int readonly)
+{
+  const char *name = nbdkit_export_name ();
+  struct connect req = { .readonly = -1, .size = -1 };
+  struct device *dev;
+  struct handle *h;
+
+  if (name == NULL || *name == '\0')
+    dev = registry_default ();
+  else if (connect_parse (name, CONNECT_CLIENT, &req) == -1 ||
+           (dev = registry_open (&req)) == NULL)
+    return NULL;
+  if (req.readonly == 0 && (readonly || dev->readonly)) {
+    nbdkit_error ("export '%s:rw': %s is read-only", dev->name,
+                  dev->readonly ? "the device" : "the server (-r)");
+    return NULL;
+  }
+
+  h = malloc (sizeof *h);
+  if (h == NULL) {
+    nbdkit_error ("malloc: %m");
+    return NULL;
+  }
+  h->dev = dev;
+  h->readonly = readonly || dev->readonly || req.readonly == 1;
+  registry_describe (dev, h->readonly, h->description, sizeof h->description);
+  return h;
+}
+
+/* The .close callback. */
+static void
+memblock_close (void *handle)
+{
+  free (handle);
+}
+
+/* The .export_description callback. */
+static const char *
+memblock_export_description (void *handle)
+{
+  struct handle *h = handle;
+
+  return h->description;
+}
+
+/* The .get_size callback. */
+static int64_t
+memblock_get_size (void *handle)
+{
+  struct handle *h = handle;
+
+  return store_size (h->dev->store);
+}
+
+/* The .block_size callback: any byte offset works; 4 KiB is the page. */
+static int
+memblock_block_size (void *handle,
+                     uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
+{
+  (void) handle;
+  *minimum = 1;
+  *preferred = STORE_PAGE;
+  *maximum = MEMBLOCK_MAX_REQUEST;
+  return 0;
+}
+
+/* The .can_write callback: 0 forces a read-only connection. */
+static int
+memblock_can_write (void *handle)
+{
+  struct handle *h = handle;
+
+  return !h->readonly;
+}
+
+/* Answer yes: for can_flush, can_trim, can_zero, can_fast_zero,
+ * can_extents and can_multi_conn (every connection sees one store).
+ */
+static int
+memblock_yes (void *handle)
+{
+  (void) handle;
+  return 1;
+}
+
+/* The .can_fua callback: RAM needs no flush, so FUA is native. */
+static int
+memblock_can_fua (void *handle)
+{
+  (void) handle;
+  return NBDKIT_FUA_NATIVE;
+}
+
+/* The .can_cache callback: the data is already in memory. */
+static int
+memblock_can_cache (void *handle)
+{
+  (void) handle;
+  return NBDKIT_CACHE_NATIVE;
+}
+
+/* Refuse a write-type request on a read-only connection with EROFS. */
+static int
+memblock_check_writable (struct handle *h, const char *op)
+{
+  if (!h->readonly)
+    return 0;
+  nbdkit_error ("%s: %s refused: read-only", h->dev->name, op);
+  errno = EROFS;
+  return -1;
+}
+
+/* Log a failed store call and return -1 with errno kept. */
+static int
+memblock_failed (struct handle *h, const char *op,
+                 uint32_t count, uint64_t offset)
+{
+  int err = errno;
+  char cap[32];
+
+  if (err != ENOSPC)
+    nbdkit_error ("%s: %s of %" PRIu32 " bytes at %" PRIu64 ": %m",
+                  h->dev->name, op, count, offset);
+  else if (!atomic_exchange (&memblock_cap_logged, true)) {
+    registry_format_size (registry_limit.max, cap, sizeof cap);
+    nbdkit_error ("%s: %s of %" PRIu32 " bytes at %" PRIu64 " refused "
+                  "with ENOSPC: max-memory (%s) is all in use; trim or "
+                  "zero data to free some (further refusals are not "
+                  "logged until then)",
+                  h->dev->name, op, count, offset, cap);
+  }
+  errno = err;
+  return -1;
+}
+
+/* The .pread callback. */
+static int
+memblock_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
+                uint32_t flags)
+{
+  struct handle *h = handle;
+
+  (void) flags;
+  if (store_read (h->dev->store, buf, count, offset) == -1)
+    return memblock_failed (h, "read", count, offset);
+  return 0;
+}
+
+/* The .pwrite callback; FUA needs nothing more for RAM. */
+static int
+memblock_pwrite (void *handle, const void *buf, uint32_t count,
+                 uint64_t offset, uint32_t flags)
+{
+  struct handle *h = handle;
+
+  (void) flags;
+  if (memblock_check_writable (h, "write") == -1)
+    return -1;
+  if (store_write (h->dev->store, buf, count, offset) == -1)
+    return memblock_failed (h, "write", count, offset);
+  return 0;
+}
+
+/* The .flush callback: nothing to do for RAM. */
+static int
+memblock_flush (void *handle, uint32_t flags)
+{
+  (void) handle;
+  (void) flags;
+  return 0;
+}
+
+/* Shared by .trim and .zero: both release whole pages and read as zero. */
+static int
+memblock_zero_range (struct handle *h, const char *op,
+                     uint32_t count, uint64_t offset)
+{
+  if (memblock_check_writable (h, op) == -1)
+    return -1;
+  if (store_zero (h->dev->store, count, offset) == -1)
+    return memblock_failed (h, op, count, offset);
+  atomic_store (&memblock_cap_logged, false);
+  return 0;
+}
+
+/* The .trim callback. */
+static int
+memblock_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  (void) flags;
+  return memblock_zero_range (handle, "trim", count, offset);
+}
+
+/* The .zero callback; never slow, so NBDKIT_FLAG_FAST_ZERO is honoured. */
+static int
+memblock_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  (void) flags;
+  return memblock_zero_range (handle, "zero", count, offset);
+}
+
+/* State for memblock_add_extent. */
+struct memblock_extents {
+  struct nbdkit_extents *extents;
+  bool req_one;
+};
+
+/* store_extents callback: pass one extent on to nbdkit. */
+static int
+memblock_add_extent (void *opaque, uint64_t offset, uint64_t length,
+                     bool hole)
+{
+  struct memblock_extents *e = opaque;
+
+  if (nbdkit_add_extent (e->extents, offset, length,
+                         hole ? NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO : 0)
+      == -1)
+    return -1;
+  return e->req_one ? 1 : 0;
+}
+
+/* The .extents callback. */
+static int
+memblock_extents (void *handle, uint32_t count, uint64_t offset,
+                  uint32_t flags, struct nbdkit_extents *extents)
+{
+  struct handle *h = handle;
+  struct memblock_extents e = {
+    .extents = extents, .req_one = flags & NBDKIT_FLAG_REQ_ONE,
+  };
+
+  if (store_extents (h->dev->store, count, offset,
+                     memblock_add_extent, &e) == -1)
+    return memblock_failed (h, "extents", count, offset);
+  return 0;
+}
+
+/* The .cache callback: nothing to prefetch. */
+static int
+memblock_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  (void) handle;
+  (void) count;
+  (void) offset;
+  (void) flags;
+  return 0;
+}
+
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+
+static struct nbdkit_plugin plugin = {
+  .name               = "memblock",
+  .longname           = "memblock sparse in-memory block devices",
+  .version            = MEMBLOCK_VERSION,
+  .description        = "Named, sparse, chunked in-memory block devices",
+  .unload             = memblock_unload,
+  .config             = config_set,
+  .config_complete    = config_complete,
+  .config_help        = CONFIG_HELP,
+  .magic_config_key   = "name",
+  .dump_plugin        = memblock_dump_plugin,
+  .get_ready          = memblock_get_ready,
+  .list_exports       = memblock_list_exports,
+  .default_export     = memblock_default_export,
+  .open               = memblock_open,
+  .close              = memblock_close,
+  .export_description = memblock_export_description,
+  .get_size           = memblock_get_size,
+  .block_size         = memblock_block_size,
+  .can_write          = memblock_can_write,
+  .can_flush          = memblock_yes,
+  .can_trim           = memblock_yes,
+  .can_zero           = memblock_yes,
+  .can_fast_zero      = memblock_yes,
+  .can_extents        = memblock_yes,
+  .can_fua            = memblock_can_fua,
+  .can_multi_conn     = memblock_yes,
+  .can_cache          = memblock_can_cache,
+  .pread              = memblock_pread,
+  .pwrite             = memblock_pwrite,
+  .flush              = memblock_flush,
+  .trim               = memblock_trim,
+  .zero               = memblock_zero,
+  .extents            = memblock_extents,
+  .cache              = memblock_cache,
+  .errno_is_preserved = 1,
+};
+
+NBDKIT_REGISTER_PLUGIN (plugin)

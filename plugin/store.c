@@ -1,0 +1,576 @@
+/* memblock: sparse chunked in-memory block store (no nbdkit here).
+ *
+ * Layout.  A device of `size` bytes is cut into chunks of 2^chunk_shift
+ * bytes.  The chunk directory (chunkdir.c) maps a chunk index to a
+ * struct chunk, created on the first write that stores non-zero data in
+ * it.  A chunk's data is a slot of MAP_NORESERVE address space from the
+ * store's arena (arena.c), so the kernel backs only the 4 KiB pages
+ * that are written.  Each chunk carries a bitmap with one bit per page:
+ *
+ *   bit clear  the page reads as zeroes and holds only zeroes (it is
+ *              either untouched or was given back with MADV_DONTNEED);
+ *   bit set    the page may hold data.
+ *
+ * Reads copy set pages and fill clear pages with zeroes without
+ * touching the mapping; extents report clear pages as holes; write
+ * zeroes and trim clear bits and give whole pages back to the kernel.
+ * Accounting (per store and against a shared store_limit) counts set
+ * bits, so it follows what is really held, page by page.
+ *
+ * Concurrency.  There is no lock on the data path.  Chunks, once
+ * created, stay in the directory until store_destroy, so a reader never
+ * follows a pointer to freed memory.  Chunk creation is serialised by
+ * grow_lock and published with a release store.  A writer copies data
+ * first and then sets the page's bit (release); a reader loads the bit
+ * (acquire) before copying, so it sees either zeroes or the new data.
+ * A release clears the bit first and then calls madvise, so that once
+ * requests have settled a clear bit always means a zero page.  Requests
+ * that overlap in flight get one of the orders NBD allows, or a mix of
+ * them (as with a real disk); disjoint requests never disturb each other.
+ *
+ * Memory cap.  A write first counts the pages it will newly set (pages
+ * whose bit is clear and whose new data is not all zeroes), creates any
+ * chunk it needs and reserves that many pages against the limit.  Only
+ * then does it copy, so a write refused with ENOSPC changes nothing.
+ */
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+#include "chunkdir.h"
+#include "store.h"
+
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+
+struct chunk {
+  unsigned char *data;          /* 2^chunk_shift bytes from the arena */
+  _Atomic uint64_t map[];       /* one bit per page, see above */
+};
+
+struct store {
+  uint64_t size;
+  unsigned chunk_shift;
+  size_t map_words;             /* uint64_t words in a chunk's map */
+  struct chunkdir dir;
+  pthread_mutex_t grow_lock;    /* serialises chunk creation and arena */
+  struct arena arena;
+  _Atomic uint64_t pages;       /* set bits over all chunks */
+  _Atomic uint64_t chunks;      /* chunks created */
+  struct store_limit *limit;    /* may be NULL */
+};
+
+/* Create an empty store of size bytes, or NULL with errno set. */
+struct store *
+store_create (uint64_t size, unsigned chunk_shift, struct store_limit *limit)
+{
+  struct store *s;
+  uint64_t nchunks;
+
+  if (size > STORE_MAX_SIZE ||
+      chunk_shift < STORE_MIN_CHUNK_SHIFT ||
+      chunk_shift > STORE_MAX_CHUNK_SHIFT) {
+    errno = EINVAL;
+    return NULL;
+  }
+  s = calloc (1, sizeof *s);
+  if (s == NULL)
+    return NULL;
+  nchunks = (size >> chunk_shift) + ((size & ((1ULL << chunk_shift) - 1)) != 0);
+  s->size = size;
+  s->chunk_shift = chunk_shift;
+  s->map_words = ((1ULL << (chunk_shift - STORE_PAGE_SHIFT)) + 63) / 64;
+  s->limit = limit;
+  if (chunkdir_init (&s->dir, nchunks) == -1) {
+    free (s);
+    return NULL;
+  }
+  arena_init (&s->arena, (size_t) 1 << chunk_shift, nchunks);
+  pthread_mutex_init (&s->grow_lock, NULL);
+  return s;
+}
+
+/* chunkdir_free callback: free one chunk's header (its data is arena's). */
+static void
+store_free_chunk (void *leaf, void *opaque)
+{
+  (void) opaque;
+  free (leaf);
+}
+
+/* Free the store and give its memory and its share of the limit back. */
+void
+store_destroy (struct store *s)
+{
+  if (s == NULL)
+    return;
+  if (s->limit)
+    atomic_fetch_sub (&s->limit->used, atomic_load (&s->pages) * STORE_PAGE);
+  chunkdir_free (&s->dir, store_free_chunk, NULL);
+  arena_free (&s->arena);
+  pthread_mutex_destroy (&s->grow_lock);
+  free (s);
+}
+
+/* Size of the device in bytes. */
+uint64_t
+store_size (const struct store *s)
+{
+  return s->size;
+}
+
+/* Bytes of data held (written pages, 4 KiB each). */
+uint64_t
+store_allocated (const struct store *s)
+{
+  return atomic_load_explicit (&s->pages, memory_order_relaxed) * STORE_PAGE;
+}
+
+/* Number of chunks created so far. */
+uint64_t
+store_chunks (const struct store *s)
+{
+  return atomic_load_explicit (&s->chunks, memory_order_relaxed);
+}
+
+/* Fail with EINVAL unless [offset, offset+count) lies inside the device. */
+static int
+store_check_range (const struct store *s, uint64_t count, uint64_t offset)
+{
+  if (count > s->size || offset > s->size - count) {
+    errno = EINVAL;
+    return -1;
+  }
+  return 0;
+}
+
+/* True if len bytes at p are all zero; stops at the first non-zero word. */
+static bool
+store_is_zero (const unsigned char *p, size_t len)
+{
+  uint64_t w;
+
+  while (len > 0 && ((uintptr_t) p & 7) != 0) {
+    if (*p)
+      return false;
+    p++, len--;
+  }
+  for (; len >= 8; p += 8, len -= 8) {
+    memcpy (&w, p, 8);
+    if (w)
+      return false;
+  }
+  while (len > 0) {
+    if (*p)
+      return false;
+    p++, len--;
+  }
+  return true;
+}
+
+/* Whether page p of chunk c is set. */
+static inline bool
+store_page_set (struct chunk *c, uint64_t p)
+{
+  return (atomic_load_explicit (&c->map[p / 64], memory_order_acquire)
+          >> (p % 64)) & 1;
+}
+
+/* Set page p's bit after its data is in place; true if it was clear. */
+static inline bool
+store_page_mark (struct chunk *c, uint64_t p)
+{
+  uint64_t bit = (uint64_t) 1 << (p % 64);
+
+  return !(atomic_fetch_or_explicit (&c->map[p / 64], bit,
+                                     memory_order_release) & bit);
+}
+
+/* First page in [p, q) whose state differs from `set`, or q. */
+static uint64_t
+store_run_end (struct chunk *c, uint64_t p, uint64_t q, bool set)
+{
+  while (p < q) {
+    uint64_t w = atomic_load_explicit (&c->map[p / 64], memory_order_acquire);
+    uint64_t differ = (set ? ~w : w) & (~(uint64_t) 0 << (p % 64));
+
+    if (differ)
+      return MIN ((p & ~(uint64_t) 63) + __builtin_ctzll (differ), q);
+    p = (p | 63) + 1;
+  }
+  return q;
+}
+
+/* End (byte offset in the chunk) of the run of pages like the one at
+ * coff, bounded by end; *set receives that page's state.
+ */
+static uint64_t
+store_run (struct chunk *c, uint64_t coff, uint64_t end, bool *set)
+{
+  uint64_t p = coff >> STORE_PAGE_SHIFT;
+  uint64_t q = (end + STORE_PAGE - 1) >> STORE_PAGE_SHIFT;
+
+  *set = store_page_set (c, p);
+  return MIN (store_run_end (c, p + 1, q, *set) << STORE_PAGE_SHIFT, end);
+}
+
+/* Create the chunk at idx if it is missing; NULL with errno on failure. */
+static struct chunk *
+store_chunk_create (struct store *s, uint64_t idx)
+{
+  struct chunk *c;
+  int err = 0;
+
+  pthread_mutex_lock (&s->grow_lock);
+  c = chunkdir_get (&s->dir, idx);
+  if (c == NULL) {
+    c = calloc (1, sizeof *c + s->map_words * sizeof (uint64_t));
+    if (c == NULL)
+      err = errno;
+    else if ((c->data = arena_alloc (&s->arena)) == NULL ||
+             chunkdir_set (&s->dir, idx, c) == -1) {
+      /* An arena slot lost here is untouched address space, no memory. */
+      err = errno;
+      free (c);
+      c = NULL;
+    }
+    else
+      atomic_fetch_add_explicit (&s->chunks, 1, memory_order_relaxed);
+  }
+  pthread_mutex_unlock (&s->grow_lock);
+  errno = err;
+  return c;
+}
+
+/* Calls body once per chunk piece of [offset, offset+count):
+ * idx (chunk index), coff (offset in chunk), n (bytes), done (bytes
+ * before this piece).
+ */
+#define FOR_EACH_CHUNK(s, count, offset, idx, coff, n, done)            \
+  for (uint64_t done = 0, idx, coff, n;                                 \
+       done < (count) &&                                                \
+         (idx = ((offset) + done) >> (s)->chunk_shift,                  \
+          coff = ((offset) + done) & ((1ULL << (s)->chunk_shift) - 1),  \
+          n = MIN ((count) - done, (1ULL << (s)->chunk_shift) - coff),  \
+          1);                                                           \
+       done += n)
+
+/* Read count bytes at offset into buf. */
+int
+store_read (struct store *s, void *buf, uint64_t count, uint64_t offset)
+{
+  unsigned char *out = buf;
+
+  if (store_check_range (s, count, offset) == -1)
+    return -1;
+  FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
+    struct chunk *c = chunkdir_get (&s->dir, idx);
+    uint64_t pos = coff, end = coff + n;
+
+    if (c == NULL) {
+      memset (out + done, 0, n);
+      continue;
+    }
+    while (pos < end) {
+      bool set;
+      uint64_t run = store_run (c, pos, end, &set);
+
+      if (set)
+        memcpy (out + done + (pos - coff), c->data + pos, run - pos);
+      else
+        memset (out + done + (pos - coff), 0, run - pos);
+      pos = run;
+    }
+  }
+  return 0;
+}
+
+/* Count the pages a write would newly set, creating the chunks that
+ * will hold them; -1 with errno if a chunk cannot be created.
+ */
+static int
+store_write_prepare (struct store *s, const unsigned char *in,
+                     uint64_t count, uint64_t offset, uint64_t *need)
+{
+  *need = 0;
+  FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
+    struct chunk *c = chunkdir_get (&s->dir, idx);
+    uint64_t pos = coff, end = coff + n, pages = 0;
+
+    while (pos < end) {
+      uint64_t next = MIN ((pos | (STORE_PAGE - 1)) + 1, end);
+
+      if ((c == NULL || !store_page_set (c, pos >> STORE_PAGE_SHIFT)) &&
+          !store_is_zero (in + done + (pos - coff), next - pos))
+        pages++;
+      pos = next;
+    }
+    if (pages > 0 && c == NULL && store_chunk_create (s, idx) == NULL)
+      return -1;
+    *need += pages;
+  }
+  return 0;
+}
+
+/* Reserve pages against the limit; -1/ENOSPC if the cap would be passed. */
+static int
+store_reserve (struct store *s, uint64_t pages)
+{
+  uint64_t bytes = pages * STORE_PAGE;
+  uint64_t used;
+
+  if (s->limit == NULL || pages == 0)
+    return 0;
+  used = atomic_load_explicit (&s->limit->used, memory_order_relaxed);
+  do {
+    if (bytes > s->limit->max || used > s->limit->max - bytes) {
+      errno = ENOSPC;
+      return -1;
+    }
+  } while (!atomic_compare_exchange_weak_explicit (&s->limit->used, &used,
+                                                   used + bytes,
+                                                   memory_order_relaxed,
+                                                   memory_order_relaxed));
+  return 0;
+}
+
+/* Bring the counters in line: pages reserved, newly set and released. */
+static void
+store_settle (struct store *s, uint64_t reserved, uint64_t gained,
+              uint64_t released)
+{
+  if (gained > released)
+    atomic_fetch_add_explicit (&s->pages, gained - released,
+                               memory_order_relaxed);
+  else if (released > gained)
+    atomic_fetch_sub_explicit (&s->pages, released - gained,
+                               memory_order_relaxed);
+  if (s->limit == NULL)
+    return;
+  if (gained > reserved + released)
+    atomic_fetch_add_explicit (&s->limit->used,
+                               (gained - reserved - released) * STORE_PAGE,
+                               memory_order_relaxed);
+  else if (gained < reserved + released)
+    atomic_fetch_sub_explicit (&s->limit->used,
+                               (reserved + released - gained) * STORE_PAGE,
+                               memory_order_relaxed);
+}
+
+/* Copy the n bytes at in into chunk c at coff; returns pages newly set. */
+static uint64_t
+store_write_chunk (struct chunk *c, const unsigned char *in,
+                   uint64_t coff, uint64_t n)
+{
+  uint64_t pos = coff, end = coff + n, gained = 0;
+
+  while (pos < end) {
+    bool set;
+    uint64_t run = store_run (c, pos, end, &set);
+
+    if (set) {
+      memcpy (c->data + pos, in + (pos - coff), run - pos);
+      pos = run;
+      continue;
+    }
+    /* Clear pages, one at a time: zero data stays a hole. */
+    while (pos < run) {
+      uint64_t next = MIN ((pos | (STORE_PAGE - 1)) + 1, run);
+
+      if (!store_is_zero (in + (pos - coff), next - pos)) {
+        memcpy (c->data + pos, in + (pos - coff), next - pos);
+        gained += store_page_mark (c, pos >> STORE_PAGE_SHIFT);
+      }
+      pos = next;
+    }
+  }
+  return gained;
+}
+
+/* Write count bytes from buf at offset; ENOSPC at the cap changes nothing. */
+int
+store_write (struct store *s, const void *buf, uint64_t count, uint64_t offset)
+{
+  const unsigned char *in = buf;
+  uint64_t need, gained = 0;
+
+  if (store_check_range (s, count, offset) == -1 ||
+      store_write_prepare (s, in, count, offset, &need) == -1 ||
+      store_reserve (s, need) == -1)
+    return -1;
+  FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
+    struct chunk *c = chunkdir_get (&s->dir, idx);
+
+    if (c != NULL)
+      gained += store_write_chunk (c, in + done, coff, n);
+    /* else: the piece was all zeroes and the chunk is still a hole. */
+  }
+  store_settle (s, need, gained, 0);
+  return 0;
+}
+
+/* Zero [from, to) of chunk c, which lies inside one or two pages. */
+static void
+store_zero_partial (struct chunk *c, uint64_t from, uint64_t to)
+{
+  while (from < to) {
+    uint64_t next = MIN ((from | (STORE_PAGE - 1)) + 1, to);
+
+    if (store_page_set (c, from >> STORE_PAGE_SHIFT))
+      memset (c->data + from, 0, next - from);
+    from = next;
+  }
+}
+
+/* Clear pages [p, q) of chunk c and give them back; returns pages released. */
+static uint64_t
+store_release_pages (struct chunk *c, uint64_t p, uint64_t q)
+{
+  uint64_t released = 0, run_start = 0, run_end = 0;
+
+  while (p < q) {
+    uint64_t w = p / 64, lo = p % 64;
+    uint64_t hi = MIN (q - w * 64, 64);   /* bits [lo, hi) of word w */
+    uint64_t mask = (hi == 64 ? ~(uint64_t) 0 : ((uint64_t) 1 << hi) - 1)
+                    & (~(uint64_t) 0 << lo);
+    uint64_t old;
+
+    p = w * 64 + hi;
+    if ((atomic_load_explicit (&c->map[w], memory_order_relaxed) & mask) == 0)
+      continue;
+    old = atomic_fetch_and_explicit (&c->map[w], ~mask, memory_order_acq_rel)
+          & mask;
+    if (old == 0)
+      continue;
+    released += __builtin_popcountll (old);
+    /* Pages between the first and last released bit were clear, hence
+     * zero already; handing them back too costs nothing.
+     */
+    uint64_t first = w * 64 + __builtin_ctzll (old);
+    uint64_t last = w * 64 + 64 - __builtin_clzll (old);
+    if (first != run_end) {
+      if (run_end > run_start)
+        arena_release (c->data + (run_start << STORE_PAGE_SHIFT),
+                       (run_end - run_start) << STORE_PAGE_SHIFT);
+      run_start = first;
+    }
+    run_end = last;
+  }
+  if (run_end > run_start)
+    arena_release (c->data + (run_start << STORE_PAGE_SHIFT),
+                   (run_end - run_start) << STORE_PAGE_SHIFT);
+  return released;
+}
+
+/* Zero [coff, coff+n) of chunk c; returns pages released. */
+static uint64_t
+store_zero_chunk (struct chunk *c, uint64_t coff, uint64_t n)
+{
+  uint64_t end = coff + n;
+  uint64_t a = (coff + STORE_PAGE - 1) & ~(STORE_PAGE - 1);
+  uint64_t b = end & ~(STORE_PAGE - 1);
+
+  if (a >= b) {
+    store_zero_partial (c, coff, end);
+    return 0;
+  }
+  store_zero_partial (c, coff, a);
+  store_zero_partial (c, b, end);
+  return store_release_pages (c, a >> STORE_PAGE_SHIFT, b >> STORE_PAGE_SHIFT);
+}
+
+/* Make [offset, offset+count) read as zeroes, releasing whole pages. */
+int
+store_zero (struct store *s, uint64_t count, uint64_t offset)
+{
+  uint64_t pos, end, released = 0;
+
+  if (store_check_range (s, count, offset) == -1)
+    return -1;
+  for (pos = offset, end = offset + count; pos < end; ) {
+    uint64_t idx = pos >> s->chunk_shift;
+    uint64_t last = (end - 1) >> s->chunk_shift;
+    uint64_t next = chunkdir_next (&s->dir, idx, last + 1);
+    uint64_t coff, n;
+
+    if (next != idx) {                /* skip chunks never written */
+      pos = next > last ? end : next << s->chunk_shift;
+      continue;
+    }
+    coff = pos & ((1ULL << s->chunk_shift) - 1);
+    n = MIN (end - pos, (1ULL << s->chunk_shift) - coff);
+    released += store_zero_chunk (chunkdir_get (&s->dir, idx), coff, n);
+    pos += n;
+  }
+  store_settle (s, 0, 0, released);
+  return 0;
+}
+
+/* Extents waiting to be merged with their neighbours. */
+struct store_extent_acc {
+  store_extent_fn fn;
+  void *opaque;
+  uint64_t offset, length;
+  bool hole;
+};
+
+/* Add an extent, merging it with the pending one; the fn's result. */
+static int
+store_extent_add (struct store_extent_acc *acc, uint64_t offset,
+                  uint64_t length, bool hole)
+{
+  int r = 0;
+
+  if (acc->length > 0 && acc->hole == hole) {
+    acc->length += length;
+    return 0;
+  }
+  if (acc->length > 0)
+    r = acc->fn (acc->opaque, acc->offset, acc->length, acc->hole);
+  acc->offset = offset;
+  acc->length = length;
+  acc->hole = hole;
+  return r;
+}
+
+/* Report [offset, offset+count) as a series of data and hole extents. */
+int
+store_extents (struct store *s, uint64_t count, uint64_t offset,
+               store_extent_fn fn, void *opaque)
+{
+  struct store_extent_acc acc = { .fn = fn, .opaque = opaque };
+  uint64_t pos, end;
+  int r = 0;
+
+  if (store_check_range (s, count, offset) == -1)
+    return -1;
+  for (pos = offset, end = offset + count; pos < end && r == 0; ) {
+    uint64_t idx = pos >> s->chunk_shift;
+    uint64_t last = (end - 1) >> s->chunk_shift;
+    uint64_t next = chunkdir_next (&s->dir, idx, last + 1);
+    uint64_t base, cend;
+    struct chunk *c;
+
+    if (next != idx) {
+      uint64_t hole_end = next > last ? end : next << s->chunk_shift;
+      r = store_extent_add (&acc, pos, hole_end - pos, true);
+      pos = hole_end;
+      continue;
+    }
+    c = chunkdir_get (&s->dir, idx);
+    base = idx << s->chunk_shift;
+    cend = MIN (end - base, 1ULL << s->chunk_shift);
+    while (pos - base < cend && r == 0) {
+      bool set;
+      uint64_t run = store_run (c, pos - base, cend, &set);
+
+      r = store_extent_add (&acc, pos, run - (pos - base), !set);
+      pos = base + run;
+    }
+  }
+  if (r == 0 && acc.length > 0)
+    r = fn (opaque, acc.offset, acc.length, acc.hole);
+  return r < 0 ? -1 : 0;
+}

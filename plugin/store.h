@@ -1,0 +1,44 @@
+/* memblock: sparse chunked in-memory block store (no nbdkit here). */
+#ifndef MEMBLOCK_STORE_H
+#define MEMBLOCK_STORE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* The store tracks data in 4 KiB pages inside chunks of
+ * 2^chunk_shift bytes (4 KiB to 1 GiB).
+ */
+#define STORE_PAGE_SHIFT 12
+#define STORE_PAGE ((uint64_t) 1 << STORE_PAGE_SHIFT)
+#define STORE_MIN_CHUNK_SHIFT 12
+#define STORE_MAX_CHUNK_SHIFT 30
+#define STORE_MAX_SIZE ((uint64_t) INT64_MAX)
+
+/* A memory cap shared by any number of stores. */
+struct store_limit {
+  _Atomic uint64_t used;        /* bytes of pages held by all its stores */
+  uint64_t max;                 /* cap on used; UINT64_MAX means none */
+};
+
+/* Extent callback: return 0 to go on, 1 to stop, -1 on error. */
+typedef int (*store_extent_fn) (void *opaque, uint64_t offset,
+                                uint64_t length, bool hole);
+
+struct store;
+
+extern struct store *store_create (uint64_t size, unsigned chunk_shift,
+                                   struct store_limit *limit);
+extern void store_destroy (struct store *s);
+extern uint64_t store_size (const struct store *s);
+extern uint64_t store_allocated (const struct store *s);
+extern uint64_t store_chunks (const struct store *s);
+extern int store_read (struct store *s, void *buf,
+                       uint64_t count, uint64_t offset);
+extern int store_write (struct store *s, const void *buf,
+                        uint64_t count, uint64_t offset);
+extern int store_zero (struct store *s, uint64_t count, uint64_t offset);
+extern int store_extents (struct store *s, uint64_t count, uint64_t offset,
+                          store_extent_fn fn, void *opaque);
+
+#endif /* MEMBLOCK_STORE_H */
