@@ -73,6 +73,9 @@ bench: deps-check
 	$(MAKE) all
 	sh bench/run.sh
 
+# Sanitizer, fuzzing and valgrind targets live beside the tests.
+include tests/reliability.mk
+
 install: all
 	install -D -m 0755 memblock.so $(DESTDIR)$(PLUGINDIR)/nbdkit-memblock-plugin.so
 	install -D -m 0644 nbdkit-memblock.1 $(DESTDIR)$(MANDIR)/man1/nbdkit-memblock.1

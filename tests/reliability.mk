@@ -1,0 +1,2 @@
+# memblock: sanitizer, fuzzing and valgrind targets (included by Makefile).
+.PHONY: check-asan check-tsan fuzz
