@@ -464,13 +464,15 @@ store_release_pages (struct chunk *c, uint64_t p, uint64_t q)
   return released;
 }
 
-/* Zero [coff, coff+n) of chunk c; returns pages released. */
+/* Zero [coff, coff+n) of chunk c; returns pages released.  to_end says
+ * the range runs to the end of the device, so a last partial page goes.
+ */
 static uint64_t
-store_zero_chunk (struct chunk *c, uint64_t coff, uint64_t n)
+store_zero_chunk (struct chunk *c, uint64_t coff, uint64_t n, bool to_end)
 {
   uint64_t end = coff + n;
   uint64_t a = (coff + STORE_PAGE - 1) & ~(STORE_PAGE - 1);
-  uint64_t b = end & ~(STORE_PAGE - 1);
+  uint64_t b = (to_end ? end + STORE_PAGE - 1 : end) & ~(STORE_PAGE - 1);
 
   if (a >= b) {
     store_zero_partial (c, coff, end);
@@ -501,7 +503,8 @@ store_zero (struct store *s, uint64_t count, uint64_t offset)
     }
     coff = pos & ((1ULL << s->chunk_shift) - 1);
     n = MIN (end - pos, (1ULL << s->chunk_shift) - coff);
-    released += store_zero_chunk (chunkdir_get (&s->dir, idx), coff, n);
+    released += store_zero_chunk (chunkdir_get (&s->dir, idx), coff, n,
+                                  pos + n == s->size);
     pos += n;
   }
   store_settle (s, 0, 0, released);
