@@ -1,0 +1,65 @@
+# memblock: libguestfs environment for the guestfish tests; source it
+# after tests/lib.sh (it uses $tmp and fail).
+#
+# Uses the direct backend (qemu run by libguestfs itself).  Whether KVM
+# works is decided by a quick probe, once per boot: /dev/kvm can exist
+# and still fail (qemu aborts with "failed to set MSR"), and then the
+# appliance must run under TCG (LIBGUESTFS_BACKEND_SETTINGS=force_tcg).
+# The answer is cached in /tmp/memblock-guestfs-accel.BOOT_ID.
+# A caller's own LIBGUESTFS_BACKEND_SETTINGS is kept as it is.
+
+LIBGUESTFS_BACKEND=direct
+export LIBGUESTFS_BACKEND
+
+# Per-launch temporary files (overlays) go under the test's $tmp, so they
+# go even when a launch is killed; the appliance cache stays where it was.
+LIBGUESTFS_CACHEDIR=${LIBGUESTFS_CACHEDIR:-${LIBGUESTFS_TMPDIR:-${TMPDIR:-/var/tmp}}}
+LIBGUESTFS_TMPDIR=$tmp
+export LIBGUESTFS_CACHEDIR LIBGUESTFS_TMPDIR
+
+# guestfs_probe_accel: print "kvm" if qemu can start a KVM guest with the
+# CPU model libguestfs uses under KVM, else "tcg".
+guestfs_probe_accel() {
+    if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+        echo tcg
+        return
+    fi
+    # -S: create the vCPU (where a broken KVM aborts) but run nothing.
+    # The subshell keeps the shell's "Aborted" notice out of the log.
+    if (echo quit | timeout 30 qemu-system-x86_64 -machine accel=kvm \
+            -cpu host -nodefaults -display none -S -monitor stdio) \
+            >/dev/null 2>&1; then
+        echo kvm
+    else
+        echo tcg
+    fi
+}
+
+command -v guestfish >/dev/null ||
+    fail "guestfish is not installed (scripts/install-deps.sh installs it)"
+command -v qemu-system-x86_64 >/dev/null ||
+    fail "qemu-system-x86_64 is not installed (a guestfish dependency)"
+ls /boot/vmlinuz-* >/dev/null 2>&1 ||
+    fail "no kernel in /boot for the libguestfs appliance (install linux-image-amd64)"
+
+_boot_id=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo unknown)
+_accel_cache=/tmp/memblock-guestfs-accel.$_boot_id
+guestfs_accel=$(cat "$_accel_cache" 2>/dev/null || :)
+case "$guestfs_accel" in
+    kvm|tcg) ;;
+    *)
+        guestfs_accel=$(guestfs_probe_accel)
+        # Atomic replace, so concurrent runs never read half a file.
+        echo "$guestfs_accel" >"$_accel_cache.$$"
+        mv -f "$_accel_cache.$$" "$_accel_cache"
+        ;;
+esac
+if [ "$guestfs_accel" = tcg ] && [ -z "${LIBGUESTFS_BACKEND_SETTINGS:-}" ]; then
+    LIBGUESTFS_BACKEND_SETTINGS=force_tcg
+    export LIBGUESTFS_BACKEND_SETTINGS
+fi
+echo "libguestfs: backend direct, accelerator $guestfs_accel" \
+     "(settings: ${LIBGUESTFS_BACKEND_SETTINGS:-none})"
+
+# Seconds allowed for one guestfish run that launches the appliance.
+GUESTFS_TIMEOUT=${GUESTFS_TIMEOUT:-180}
