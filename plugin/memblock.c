@@ -110,7 +110,7 @@ memblock_open (int readonly)
            (dev = registry_open (&req)) == NULL)
     return NULL;
   if (req.readonly == 0 && (readonly || dev->readonly)) {
-    nbdkit_error ("export '%s:rw': %s is read-only", dev->name,
+    nbdkit_error ("export '%s:rw': %s is read-only", dev->label,
                   dev->readonly ? "the device" : "the server (-r)");
     return NULL;
   }
@@ -204,7 +204,7 @@ memblock_check_writable (struct handle *h, const char *op)
 {
   if (!h->readonly)
     return 0;
-  nbdkit_error ("%s: %s refused: read-only", h->dev->name, op);
+  nbdkit_error ("%s: %s refused: read-only", h->dev->label, op);
   errno = EROFS;
   return -1;
 }
@@ -219,14 +219,14 @@ memblock_failed (struct handle *h, const char *op,
 
   if (err != ENOSPC)
     nbdkit_error ("%s: %s of %" PRIu32 " bytes at %" PRIu64 ": %m",
-                  h->dev->name, op, count, offset);
+                  h->dev->label, op, count, offset);
   else if (!atomic_exchange (&memblock_cap_logged, true)) {
     registry_format_size (registry_limit.max, cap, sizeof cap);
     nbdkit_error ("%s: %s of %" PRIu32 " bytes at %" PRIu64 " refused "
                   "with ENOSPC: max-memory (%s) is all in use; trim or "
                   "zero data to free some (further refusals are not "
                   "logged until then)",
-                  h->dev->name, op, count, offset, cap);
+                  h->dev->label, op, count, offset, cap);
   }
   errno = err;
   return -1;

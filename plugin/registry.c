@@ -60,10 +60,12 @@ static struct device *
 registry_add (const char *name, uint64_t size, bool readonly)
 {
   struct device *dev;
+  char quoted[CONNECT_QUOTE_MAX];
 
+  connect_quote (name, quoted, sizeof quoted);
   if (registry_count >= config.max_devices) {
     nbdkit_error ("cannot create device '%s': max-devices=%u reached",
-                  name, config.max_devices);
+                  quoted, config.max_devices);
     errno = ENOSPC;
     return NULL;
   }
@@ -73,10 +75,11 @@ registry_add (const char *name, uint64_t size, bool readonly)
     return NULL;
   }
   strcpy (dev->name, name);
+  strcpy (dev->label, quoted);
   dev->readonly = readonly;
   dev->store = store_create (size, config.chunk_shift, &registry_limit);
   if (dev->store == NULL) {
-    nbdkit_error ("cannot create device '%s': %m", name);
+    nbdkit_error ("cannot create device '%s': %m", quoted);
     free (dev);
     return NULL;
   }
@@ -140,22 +143,26 @@ registry_find (const char *name)
 }
 
 /* The device a client's parsed export name asks for, creating it when
- * dynamic=true; NULL after logging why it is refused.
+ * dynamic=true; NULL after logging why it is refused.  Names are valid
+ * UTF-8 by now, but are quoted in the log all the same: a client could
+ * still send characters such as U+2028 or U+202E.
  */
 struct device *
 registry_open (const struct connect *req)
 {
   struct device *dev;
+  char quoted[CONNECT_QUOTE_MAX];
 
+  connect_quote (req->name, quoted, sizeof quoted);
   if (req->size != -1 && !config.dynamic) {
     nbdkit_error ("export '%s': a client may choose a size only with "
-                  "dynamic=true", req->name);
+                  "dynamic=true", quoted);
     return NULL;
   }
   if (req->size != -1 && config.max_memory != UINT64_MAX &&
       (uint64_t) req->size > config.max_memory) {
     nbdkit_error ("export '%s': size=%" PRIi64 " is larger than "
-                  "max-memory=%" PRIu64, req->name, req->size,
+                  "max-memory=%" PRIu64, quoted, req->size,
                   config.max_memory);
     return NULL;
   }
@@ -168,10 +175,10 @@ registry_open (const struct connect *req)
                         false);
   else if (dev == NULL)
     nbdkit_error ("export '%s': no such device (declare it with name=, "
-                  "or use dynamic=true)", req->name);
+                  "or use dynamic=true)", quoted);
   else if (req->size != -1 && (uint64_t) req->size != store_size (dev->store)) {
     nbdkit_error ("export '%s': the device exists with size %" PRIu64
-                  ", not %" PRIi64, req->name, store_size (dev->store),
+                  ", not %" PRIi64, dev->label, store_size (dev->store),
                   req->size);
     dev = NULL;
   }

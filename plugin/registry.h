@@ -11,6 +11,7 @@
 /* A device lives from creation until registry_free (plugin unload). */
 struct device {
   char name[CONNECT_NAME_MAX + 1];
+  char label[CONNECT_QUOTE_MAX];  /* name as quoted for log messages */
   bool readonly;
   struct store *store;
 };
