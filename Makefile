@@ -43,7 +43,7 @@ $(BUILD)/memblock.so: $(call obj,$(PLUGIN_SRCS))
 	$(CC) $(CFLAGS_ALL) -shared -o $@ $^ $(LDFLAGS)
 
 memblock.so: $(BUILD)/memblock.so
-	cp $< $@
+	cp $< $@.tmp && mv -f $@.tmp $@
 
 $(BUILD)/test-%: tests/unit/test-%.c $(call obj,$(STORE_SRCS))
 	$(CC) $(CFLAGS_ALL) -Iplugin -o $@ $^ $(CHECK_LIBS) $(LDFLAGS)
