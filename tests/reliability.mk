@@ -1,2 +1,89 @@
 # memblock: sanitizer, fuzzing and valgrind targets (included by Makefile).
+#
+#   make check-asan   plugin and unit tests built with
+#                     -fsanitize=address,undefined in build/asan; the unit
+#                     tests run (with leak checks), then the shell tests
+#                     ASAN_TESTS run against build/asan/memblock.so, with
+#                     the matching libasan preloaded into nbdkit
+#   make check-tsan   the unit tests (the store's many-threads tests among
+#                     them) under ThreadSanitizer in build/tsan
+#   make fuzz         the libFuzzer store target for FUZZ_SECONDS (300),
+#                     corpus in build/fuzz/corpus, crashes in build/fuzz/
+# (valgrind runs in make check: tests/test-valgrind.sh.)
 .PHONY: check-asan check-tsan fuzz
+
+ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all \
+              -fno-omit-frame-pointer
+TSAN_FLAGS := -fsanitize=thread
+# The ASan runtime of $(CC): nbdkit is not built with ASan, so it must
+# be preloaded for the plugin to load.  nbdkit links p11-kit (through
+# GnuTLS), whose constructor calls newlocale(); preloaded alone, libasan
+# initialises lazily inside that call, breaks glibc's locale lock, and
+# nbdkit then hangs at exit after any strerror (%m).  Preloading p11-kit
+# ahead of libasan lets ASan initialise first.
+LIBASAN = $(shell $(CC) -print-file-name=libasan.so)
+P11KIT  = $(shell ldd "$$(command -v nbdkit)" 2>/dev/null | \
+            awk '/libp11-kit/ { print $$3 }')
+ASAN_REPORTS := $(CURDIR)/build/asan/reports
+# The plugin the shell tests load (the one built here by default).
+ASAN_SO ?= $(CURDIR)/build/asan/memblock.so
+# nbdkit itself leaks a little at exit (and never frees the context of
+# a connection open at quit), so leak checks are off in nbdkit; the
+# unit tests keep them.  A report of any kind is written under
+# ASAN_REPORTS and fails the target even if a test missed the crash.
+ASAN_NBDKIT_ENV = LD_PRELOAD=$(if $(P11KIT),$(P11KIT):)$(LIBASAN) \
+    ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:log_path=$(ASAN_REPORTS)/asan \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(ASAN_REPORTS)/ubsan
+# Shell tests run under ASan: all but valgrind (its own instrumentation),
+# the fuzz smoke (not the plugin), install (not the plugin) and guestfish
+# (a minute of appliance boot for little more plugin coverage).
+ASAN_TESTS ?= $(filter-out test-valgrind.sh test-fuzz-smoke.sh \
+                test-install.sh test-guestfish.sh, \
+                $(notdir $(wildcard tests/test-*.sh)))
+
+check-asan: deps-check
+	$(MAKE) BUILD=build/asan SANFLAGS="$(ASAN_FLAGS)" build/asan/memblock.so unit
+	rm -rf $(ASAN_REPORTS)
+	mkdir -p $(ASAN_REPORTS)
+	@rc=0; \
+	MEMBLOCK_SO=$(ASAN_SO) NBDKIT_WRAPPER="env $(ASAN_NBDKIT_ENV)" \
+	  TESTS="$(ASAN_TESTS)" sh tests/run-tests.sh build/asan || rc=$$?; \
+	for f in $(ASAN_REPORTS)/*; do \
+	  [ -e "$$f" ] || continue; \
+	  echo "--- $$f:"; head -n 60 "$$f"; rc=1; \
+	done; \
+	[ $$rc -eq 0 ] || echo "check-asan: FAILED (sanitizer reports, if any, are above)"; \
+	exit $$rc
+
+# TSan reports fail the run at once (exit 66) and are also looked for in
+# the log, in case a test binary swallowed the exit code.
+check-tsan: deps-check
+	$(MAKE) BUILD=build/tsan SANFLAGS="$(TSAN_FLAGS)" unit
+	@for t in $(UNIT_TESTS); do \
+	  log=build/tsan/$$t.log; \
+	  start=$$(date +%s); \
+	  if ! TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1" \
+	       CK_FORK=no build/tsan/$$t >$$log 2>&1 || \
+	     grep -q 'ThreadSanitizer' $$log; then \
+	    cat $$log; echo "check-tsan: $$t FAILED"; exit 1; \
+	  fi; \
+	  echo "PASS tsan $$t: $$(grep -E '^[0-9]+%: Checks' $$log) ($$(( $$(date +%s) - start )) s)"; \
+	done
+
+# libFuzzer needs clang; the store is built into the target with the
+# same sanitizers.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 300
+FUZZ_FLAGS   := -g -O1 -fsanitize=fuzzer,address,undefined \
+                -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+build/fuzz/fuzz-store: tests/fuzz/fuzz-store.c $(STORE_SRCS) $(HEADERS)
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) -std=gnu11 $(WARN) $(FUZZ_FLAGS) -pthread -Iplugin \
+	  -o $@ tests/fuzz/fuzz-store.c $(STORE_SRCS)
+
+fuzz: build/fuzz/fuzz-store
+	@mkdir -p build/fuzz/corpus
+	build/fuzz/fuzz-store -max_total_time=$(FUZZ_SECONDS) -timeout=30 \
+	  -rss_limit_mb=2048 -print_final_stats=1 \
+	  -artifact_prefix=build/fuzz/ build/fuzz/corpus
