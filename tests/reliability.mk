@@ -59,16 +59,21 @@ check-asan: deps-check
 # the log, in case a test binary swallowed the exit code.
 check-tsan: deps-check
 	$(MAKE) BUILD=build/tsan SANFLAGS="$(TSAN_FLAGS)" unit
-	@for t in $(UNIT_TESTS); do \
+	@passed=0; failed=0; \
+	for t in $(UNIT_TESTS); do \
 	  log=build/tsan/$$t.log; \
 	  start=$$(date +%s); \
 	  if ! TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1" \
 	       CK_FORK=no build/tsan/$$t >$$log 2>&1 || \
 	     grep -q 'ThreadSanitizer' $$log; then \
-	    cat $$log; echo "check-tsan: $$t FAILED"; exit 1; \
+	    cat $$log; echo "FAIL tsan $$t"; failed=$$((failed + 1)); \
+	  else \
+	    echo "PASS tsan $$t: $$(grep -E '^[0-9]+%: Checks' $$log) ($$(( $$(date +%s) - start )) s)"; \
+	    passed=$$((passed + $$(sed -nE 's/^[0-9]+%: Checks: ([0-9]+).*/\1/p' $$log))); \
 	  fi; \
-	  echo "PASS tsan $$t: $$(grep -E '^[0-9]+%: Checks' $$log) ($$(( $$(date +%s) - start )) s)"; \
-	done
+	done; \
+	echo "tsan: $$passed passed, $$failed failed"; \
+	[ $$failed -eq 0 ]
 
 # libFuzzer needs clang; the store is built into the target with the
 # same sanitizers.
