@@ -146,28 +146,19 @@ store_check_range (const struct store *s, uint64_t count, uint64_t offset)
   return 0;
 }
 
-/* True if len bytes at p are all zero; stops at the first non-zero word. */
+/* True if len bytes at p are all zero.  Once the first 16 bytes are
+ * known to be zero, p[i] == p[i+16] for every i means all are: memcmp
+ * does that at full speed and stops at the first difference.
+ */
 static bool
 store_is_zero (const unsigned char *p, size_t len)
 {
-  uint64_t w;
+  size_t i, head = len < 16 ? len : 16;
 
-  while (len > 0 && ((uintptr_t) p & 7) != 0) {
-    if (*p)
+  for (i = 0; i < head; i++)
+    if (p[i])
       return false;
-    p++, len--;
-  }
-  for (; len >= 8; p += 8, len -= 8) {
-    memcpy (&w, p, 8);
-    if (w)
-      return false;
-  }
-  while (len > 0) {
-    if (*p)
-      return false;
-    p++, len--;
-  }
-  return true;
+  return len <= 16 || memcmp (p, p + 16, len - 16) == 0;
 }
 
 /* Whether page p of chunk c is set. */
