@@ -1,0 +1,334 @@
+#!/usr/bin/python3
+# memblock benchmarks: the result tables, ratios and target verdicts.
+#
+# Reads what fio-bench.py, sparse-bench.py and store-bench wrote into
+# the results directory and prints medians of every figure, the ratios
+# of memblock to nbdkit memory (sparse), memory allocator=malloc and
+# null, and a met/MISSED line per target.  Exits 1 if a part's results
+# are missing or incomplete; with --strict, also if a target is missed.
+
+import argparse
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as bl  # noqa: E402
+
+STORE_SETS = (("ram", "256 MiB per thread (DRAM)"),
+              ("cache", "4 MiB per thread (fits the L3 cache)"))
+MUTEX_AHEAD = 1.2               # "clearly ahead" of the global mutex
+
+
+class Report:
+    def __init__(self):
+        self.lines = []
+        self.targets = []       # (description, value text, met)
+        self.incomplete = []
+
+    def out(self, s=""):
+        self.lines.append(s)
+
+    def target(self, what, value, limit, higher_better, fmt="%.2f"):
+        if value is None or math.isnan(value):
+            self.targets.append((what, "n/a", False))
+            self.incomplete.append(what)
+            return
+        met = value >= limit if higher_better else value <= limit
+        self.targets.append((what, fmt % value, met))
+
+
+def load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
+        return float("nan")
+    return a / b
+
+
+def fio_workloads(d, mode):
+    if mode == "unpinned":
+        return d.get("unpinned_workloads", d["workloads"])
+    return d["workloads"]
+
+
+def fio_medians(d, mode):
+    """{workload: {server: (MiB/s, IOPS, CPU s/GiB, spread %, n,
+    server busy %, fio busy %)}}."""
+    m = {}
+    for w in fio_workloads(d, mode):
+        for s in d["servers"]:
+            xs = d[mode].get(w, {}).get(s, [])
+            if not xs:
+                continue
+            mibs = [x["mibs"] for x in xs]
+            med = bl.median(mibs)
+            spread = 100 * (max(mibs) - min(mibs)) / med if med else 0
+            m.setdefault(w, {})[s] = (med, bl.median([x["iops"] for x in xs]),
+                                      bl.median([x["cpu_per_gib"]
+                                                 for x in xs]),
+                                      spread, len(xs),
+                                      100 * bl.median([x["cpu_s"] /
+                                                       x["wall_s"]
+                                                       for x in xs]),
+                                      100 * bl.median([x["fio_cpu_s"] /
+                                                       x["wall_s"]
+                                                       for x in xs]))
+    return m
+
+
+def fio_table(r, d, mode, title, want_rounds):
+    m = fio_medians(d, mode)
+    r.out(title)
+    r.out("%-16s %-9s %10s %10s %10s %7s %5s %5s" %
+          ("workload", "server", "MiB/s", "IOPS", "CPU s/GiB", "spread",
+           "srv", "fio"))
+    for w in fio_workloads(d, mode):
+        for i, s in enumerate(d["servers"]):
+            v = m.get(w, {}).get(s)
+            if v is None or v[4] < want_rounds:
+                r.incomplete.append("fio %s %s %s" % (mode, w, s))
+            if v is None:
+                r.out("%-16s %-9s %10s" % (w if i == 0 else "", s, "missing"))
+                continue
+            r.out("%-16s %-9s %10.1f %10.0f %10.3f %6.0f%% %4.0f%% %4.0f%%" %
+                  (w if i == 0 else "", s, v[0], v[1], v[2], v[3], v[5],
+                   v[6]))
+    r.out()
+    r.out("Ratios, memblock / other (%s medians; MiB/s, and CPU s/GiB)" % mode)
+    r.out("%-16s %10s %10s %10s %14s" %
+          ("workload", "/memory", "/malloc", "/null", "CPU/memory"))
+    ratios = {}
+    for w in fio_workloads(d, mode):
+        v = m.get(w, {})
+
+        def get(s, k):
+            return v[s][k] if s in v else None
+        rw = (ratio(get("memblock", 0), get("memory", 0)),
+              ratio(get("memblock", 0), get("malloc", 0)),
+              ratio(get("memblock", 0), get("null", 0)),
+              ratio(get("memblock", 2), get("memory", 2)))
+        ratios[w] = rw
+        r.out("%-16s %10.2f %10.2f %10.2f %14.2f" % ((w,) + rw))
+    r.out()
+    return ratios
+
+
+def fio_targets(r, ratios):
+    for w, (vmem, vmal, vnull, vcpu) in ratios.items():
+        r.target("pinned %s MiB/s memblock/memory >= 1.05" % w, vmem, 1.05,
+                 True)
+        r.target("pinned %s MiB/s memblock/malloc >= 1.0" % w, vmal, 1.0,
+                 True)
+        if w.startswith("4k"):
+            r.target("pinned %s MiB/s memblock/null >= 0.9" % w, vnull, 0.9,
+                     True)
+        r.target("pinned %s CPU s/GiB memblock/memory <= 0.95" % w, vcpu,
+                 0.95, False)
+
+
+def sparse_section(r, d):
+    if d is None:
+        r.out("Sparse work and memory: MISSING")
+        r.incomplete.append("sparse")
+        r.out()
+        return
+    r.out("RSS amplification: %d random 4 KiB writes into a 4 GiB device" %
+          d["rss"]["memblock"]["writes"])
+    r.out("%-9s %12s %14s %14s %22s" % ("server", "written MiB",
+                                        "RSS growth MiB", "amplification",
+                                        "RSS growth on reads KiB"))
+    for s, v in d["rss"].items():
+        r.out("%-9s %12.1f %14.1f %14.3f %22d" %
+              (s, v["bytes"] / bl.MiB, v["growth"] / bl.MiB,
+               v["amplification"], v["read_growth"] // bl.KiB))
+    r.out("(the last column: reading as many unwritten 4 KiB blocks again)")
+    r.out()
+    r.out("Extent precision: %d scattered 4 KiB writes into a 1 TiB device, "
+          "nbdinfo --map" % d["extents"]["memblock"]["writes"])
+    r.out("%-9s %12s %16s %10s %10s %10s" %
+          ("server", "written KiB", "data extents KiB", "ratio", "lines",
+           "map s"))
+    for s, v in d["extents"].items():
+        r.out("%-9s %12d %16d %10.3f %10d %10.2f" %
+              (s, v["bytes"] // bl.KiB, v["data"] // bl.KiB, v["precision"],
+               v["extents"], v["map_s"]))
+    r.out()
+    walk = {}
+    r.out("1 TiB device, %d scattered 64 KiB writes: block-status walk "
+          "and write-zeroes" % d.get("walk_writes", 0))
+    r.out("of the whole device in requests of up to 2 GiB (median of %d)" %
+          d["rounds"])
+    r.out("%-9s %10s %10s %10s %10s" %
+          ("server", "walk s", "requests", "extents", "zero s"))
+    for s, xs in d["walk"].items():
+        walk[s] = (bl.median([x["walk_s"] for x in xs]),
+                   bl.median([x["zero_s"] for x in xs]))
+        r.out("%-9s %10.3f %10d %10d %10.3f" %
+              (s, walk[s][0], xs[0]["walk_requests"], xs[0]["walk_extents"],
+               walk[s][1]))
+    r.out("%-9s %10.2f %21s %10.2f" %
+          ("ratio", ratio(walk["memblock"][0], walk["memory"][0]), "",
+           ratio(walk["memblock"][1], walk["memory"][1])))
+    r.out()
+
+    mb = d["rss"]["memblock"]
+    r.target("RSS amplification <= 1.1", mb["amplification"], 1.1, False,
+             "%.3f")
+    r.target("RSS growth reading unwritten blocks <= 1% of them (KiB)",
+             mb["read_growth"] / bl.KiB, mb["bytes"] / 100 / bl.KiB, False,
+             "%.0f")
+    r.target("extent precision <= 1.1x", d["extents"]["memblock"]["precision"],
+             1.1, False, "%.3f")
+    r.target("1 TiB block-status walk memblock/memory <= 0.5",
+             ratio(walk["memblock"][0], walk["memory"][0]), 0.5, False)
+    r.target("1 TiB write-zeroes memblock/memory <= 0.5",
+             ratio(walk["memblock"][1], walk["memory"][1]), 0.5, False)
+
+
+def load_store(path):
+    """({(op, bs, threads, variant): GiB/s}, {same: CPUs used}) from
+    store-bench output, or None."""
+    res, cpus = {}, {}
+    try:
+        with open(path) as f:
+            for line in f:
+                p = line.split()
+                if len(p) == 6:
+                    key = (p[0], p[1], int(p[2]), p[3])
+                    res[key], cpus[key] = float(p[4]), float(p[5])
+    except (OSError, ValueError):
+        return None
+    return (res, cpus) if len(res) == 27 else None
+
+
+def store_section(r, resdir):
+    for key, title in STORE_SETS:
+        got = load_store(os.path.join(resdir, "store-%s.txt" % key))
+        if got is None:
+            r.out("In-process store, %s: MISSING" % title)
+            r.incomplete.append("store " + key)
+            r.out()
+            continue
+        d, cpus = got
+        r.out("In-process store, GiB/s, %s; 4 KiB random, 1 MiB sequential"
+              % title)
+        r.out("%-6s %-3s %3s %8s %8s %8s %13s %12s" %
+              ("op", "bs", "thr", "memcpy", "store", "mutex", "store/memcpy",
+               "store/mutex"))
+        for op in ("read", "write"):
+            for bs in ("4k", "1m"):
+                for t in (1, 2):
+                    m, s, x = (d[(op, bs, t, v)]
+                               for v in ("memcpy", "store", "mutex"))
+                    r.out("%-6s %-3s %3d %8.2f %8.2f %8.2f %13.2f %12.2f" %
+                          (op, bs, t, m, s, x, ratio(s, m), ratio(s, x)))
+        r.out("1 MiB writes of zeroes (kept as holes), 1 thread, GiB/s: "
+              "memcpy of them %.2f;" % d[("zwrite", "1m", 1, "memcpy")])
+        r.out("  store into chunks never created %.2f, into unwritten pages "
+              "of existing chunks %.2f" %
+              (d[("zwrite", "1m", 1, "store")],
+               d[("zwrite-chunk", "1m", 1, "store")]))
+        r.out("Scaling, 2 threads / 1 thread (CPUs: what the 2-thread runs "
+              "got, CPU time / wall time):")
+        r.out("%-6s %-3s %8s %8s %8s %16s" % ("op", "bs", "memcpy", "store",
+                                               "mutex", "CPUs memcpy/store"))
+        for op in ("read", "write"):
+            for bs in ("4k", "1m"):
+                r.out("%-6s %-3s %8.2f %8.2f %8.2f %10.2f/%.2f" %
+                      ((op, bs) + tuple(ratio(d[(op, bs, 2, v)],
+                                              d[(op, bs, 1, v)])
+                                        for v in ("memcpy", "store",
+                                                  "mutex")) +
+                       (cpus[(op, bs, 2, "memcpy")],
+                        cpus[(op, bs, 2, "store")])))
+        r.out()
+        r.target("store %s: 1 MiB writes store/memcpy >= 0.8" % key,
+                 ratio(d[("write", "1m", 1, "store")],
+                       d[("write", "1m", 1, "memcpy")]), 0.8, True)
+        for op in ("read", "write"):
+            for bs in ("4k", "1m"):
+                mc = ratio(d[(op, bs, 2, "memcpy")], d[(op, bs, 1, "memcpy")])
+                r.target("store %s: %s %s 2 threads/1 >= 1.7 (memcpy %.2f, "
+                         "%.2f CPUs)" % (key, op, bs, mc,
+                                         cpus[(op, bs, 2, "store")]),
+                         ratio(d[(op, bs, 2, "store")],
+                               d[(op, bs, 1, "store")]), 1.7, True)
+        for op in ("read", "write"):
+            for bs in ("4k", "1m"):
+                r.target("store %s: %s %s 2 threads store/mutex >= %.1f" %
+                         (key, op, bs, MUTEX_AHEAD),
+                         ratio(d[(op, bs, 2, "store")],
+                               d[(op, bs, 2, "mutex")]), MUTEX_AHEAD, True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", required=True, help="results directory")
+    ap.add_argument("--strict", action="store_true")
+    ap.add_argument("--header", default="")
+    args = ap.parse_args()
+    r = Report()
+    if args.header:
+        r.out(args.header)
+        r.out()
+
+    fio = load_json(os.path.join(args.dir, "fio.json"))
+    if fio is None:
+        r.out("fio: MISSING")
+        r.incomplete.append("fio")
+        r.out()
+    else:
+        r.out("fio over NBD: %d MiB devices prefilled with data, %.1f s per "
+              "run, server CPU %d, fio CPU %d" %
+              (fio["size"] // bl.MiB, fio["runtime"], fio["server_cpu"],
+               fio["client_cpu"]))
+        r.out("(spread: (max-min)/median of the MiB/s samples; srv, fio: "
+              "CPU time / wall time of the server, of fio)")
+        r.out()
+        ratios = fio_table(r, fio, "pinned",
+                           "Pinned, median of %d rounds, order rotated each "
+                           "round" % fio["rounds"], fio["rounds"])
+        n = fio.get("unpinned_rounds", 1)
+        fio_table(r, fio, "unpinned", "Unpinned, for reference, median of %d "
+                  "round%s" % (n, "s" if n > 1 else ""), n)
+        if "rss_after_prefill" in fio:
+            r.out("Server RSS, MiB: at start / after prefilling the %d MiB "
+                  "device" % (fio["size"] // bl.MiB))
+            r.out("  " + ", ".join("%s %.0f / %.0f" %
+                                   (s, fio["rss_at_start"][s] / bl.MiB,
+                                    fio["rss_after_prefill"][s] / bl.MiB)
+                                   for s in fio["servers"]))
+            r.out()
+        fio_targets(r, ratios)
+
+    sparse_section(r, load_json(os.path.join(args.dir, "sparse.json")))
+    store_section(r, args.dir)
+
+    r.out("Targets")
+    width = max(len(t[0]) for t in r.targets) if r.targets else 10
+    for what, value, met in r.targets:
+        r.out("%-*s %8s  %s" % (width, what, value, "met" if met else "MISSED"))
+    missed = sum(1 for t in r.targets if not t[2])
+    r.out()
+    r.out("%d of %d targets met, %d missed" %
+          (len(r.targets) - missed, len(r.targets), missed))
+    if r.incomplete:
+        r.out("INCOMPLETE: " + ", ".join(r.incomplete))
+    print("\n".join(r.lines))
+    if r.incomplete:
+        return 1
+    if args.strict and missed:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
