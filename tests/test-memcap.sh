@@ -42,17 +42,22 @@ h.connect_uri(uri)
 # Block i covers [BASE + i MiB, BASE + (i+1) MiB): k blocks hold
 # 256k + 1 pages, so 63 fit under 64 MiB (16384 pages) and the 64th
 # does not.
-n = 0
-while True:
-    try:
-        h.pwrite(block(n), BASE + n * MiB)
-    except nbd.Error as e:
-        if e.errnum != errno.ENOSPC:
-            sys.exit("FAIL: write %d: expected ENOSPC, got %s" % (n, e))
-        break
-    n += 1
-    if n > 300:
-        sys.exit("FAIL: no ENOSPC after 300 MiB with max-memory=64M")
+def fill_to_cap(first, what):
+    """Write blocks first, first+1, ... until ENOSPC; the first refused."""
+    i = first
+    while True:
+        try:
+            h.pwrite(block(i), BASE + i * MiB)
+        except nbd.Error as e:
+            if e.errnum != errno.ENOSPC:
+                sys.exit("FAIL: write %d %s: expected ENOSPC, got %s" %
+                         (i, what, e))
+            return i
+        i += 1
+        if i > 300:
+            sys.exit("FAIL: no ENOSPC after 300 MiB %s" % what)
+
+n = fill_to_cap(0, "with max-memory=64M")
 if n != 63:
     sys.exit("FAIL: %d 1 MiB writes fit under the cap, expected 63" % n)
 
@@ -88,17 +93,7 @@ if h3.pread(BASE, 0) != bytes(BASE):
 h.trim(8 * MiB, BASE + 10 * MiB)
 if h3.pread(8 * MiB, BASE + 10 * MiB) != bytes(8 * MiB):
     sys.exit("FAIL: the trimmed range does not read as zeroes")
-m = n
-while True:
-    try:
-        h.pwrite(block(m), BASE + m * MiB)
-    except nbd.Error as e:
-        if e.errnum != errno.ENOSPC:
-            sys.exit("FAIL: write %d after trim: %s" % (m, e))
-        break
-    m += 1
-    if m > 300:
-        sys.exit("FAIL: no ENOSPC after the trim")
+m = fill_to_cap(n, "after the trim")
 if m - n != 8:          # 255 + 2047 pages free, 256 per new block
     sys.exit("FAIL: %d writes fit after the trim, expected 8" % (m - n))
 h.flush()
