@@ -29,9 +29,10 @@
  * them (as with a real disk); disjoint requests never disturb each other.
  *
  * Memory cap.  A write first counts the pages it will newly set (pages
- * whose bit is clear and whose new data is not all zeroes), creates any
- * chunk it needs and reserves that many pages against the limit.  Only
- * then does it copy, so a write refused with ENOSPC changes nothing.
+ * whose bit is clear and whose new data is not all zeroes) and reserves
+ * that many pages against the limit; then it creates the chunks it
+ * needs, and only then does it copy.  A write refused with ENOSPC thus
+ * changes nothing and allocates nothing.
  */
 
 #include <errno.h>
@@ -278,29 +279,43 @@ store_read (struct store *s, void *buf, uint64_t count, uint64_t offset)
   return 0;
 }
 
-/* Count the pages a write would newly set, creating the chunks that
- * will hold them; -1 with errno if a chunk cannot be created.
+/* Count the pages a write would newly set: pages whose bit is clear
+ * (or whose chunk does not exist) and whose new data is not all zero.
  */
-static int
-store_write_prepare (struct store *s, const unsigned char *in,
-                     uint64_t count, uint64_t offset, uint64_t *need)
+static uint64_t
+store_write_count (struct store *s, const unsigned char *in,
+                   uint64_t count, uint64_t offset)
 {
-  *need = 0;
+  uint64_t need = 0;
+
   FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
     struct chunk *c = chunkdir_get (&s->dir, idx);
-    uint64_t pos = coff, end = coff + n, pages = 0;
+    uint64_t pos = coff, end = coff + n;
 
     while (pos < end) {
       uint64_t next = MIN ((pos | (STORE_PAGE - 1)) + 1, end);
 
       if ((c == NULL || !store_page_set (c, pos >> STORE_PAGE_SHIFT)) &&
           !store_is_zero (in + done + (pos - coff), next - pos))
-        pages++;
+        need++;
       pos = next;
     }
-    if (pages > 0 && c == NULL && store_chunk_create (s, idx) == NULL)
+  }
+  return need;
+}
+
+/* Create the missing chunks that will hold non-zero data of a write;
+ * -1 with errno if one cannot be created.
+ */
+static int
+store_write_grow (struct store *s, const unsigned char *in,
+                  uint64_t count, uint64_t offset)
+{
+  FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
+    if (chunkdir_get (&s->dir, idx) == NULL &&
+        !store_is_zero (in + done, n) &&
+        store_chunk_create (s, idx) == NULL)
       return -1;
-    *need += pages;
   }
   return 0;
 }
@@ -387,10 +402,18 @@ store_write (struct store *s, const void *buf, uint64_t count, uint64_t offset)
   const unsigned char *in = buf;
   uint64_t need, gained = 0;
 
-  if (store_check_range (s, count, offset) == -1 ||
-      store_write_prepare (s, in, count, offset, &need) == -1 ||
-      store_reserve (s, need) == -1)
+  if (store_check_range (s, count, offset) == -1)
     return -1;
+  /* Reserve first, so that a refused write leaves no trace, not even an
+   * empty chunk; then create chunks; only then copy.
+   */
+  need = store_write_count (s, in, count, offset);
+  if (store_reserve (s, need) == -1)
+    return -1;
+  if (store_write_grow (s, in, count, offset) == -1) {
+    store_settle (s, need, 0, 0);
+    return -1;
+  }
   FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
     struct chunk *c = chunkdir_get (&s->dir, idx);
 

@@ -322,6 +322,7 @@ START_TEST (test_memory_cap)
   errno = 0;
   ck_assert_int_eq (store_write (a, buf, 12 * KiB, 100 * MiB), -1);
   ck_assert_int_eq (errno, ENOSPC);
+  ck_assert_uint_eq (store_chunks (a), 1);      /* not even a chunk */
   /* A write overlapping held pages and new ones is refused whole. */
   fill (out, 64 * KiB, 0, 77);
   ck_assert_int_eq (store_write (a, out, 52 * KiB, 0), -1);
