@@ -35,10 +35,11 @@ ASAN_NBDKIT_ENV = LD_PRELOAD=$(if $(P11KIT),$(P11KIT):)$(LIBASAN) \
     ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:log_path=$(ASAN_REPORTS)/asan \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(ASAN_REPORTS)/ubsan
 # Shell tests run under ASan: all but valgrind (its own instrumentation),
-# the fuzz smoke (not the plugin), install (not the plugin) and guestfish
-# (a minute of appliance boot for little more plugin coverage).
+# the fuzz smoke and install (not the plugin), the bench smoke (it runs
+# ./memblock.so) and guestfish (a minute of appliance boot for little
+# more plugin coverage).
 ASAN_TESTS ?= $(filter-out test-valgrind.sh test-fuzz-smoke.sh \
-                test-install.sh test-guestfish.sh, \
+                test-bench-smoke.sh test-install.sh test-guestfish.sh, \
                 $(notdir $(wildcard tests/test-*.sh)))
 
 check-asan: deps-check
