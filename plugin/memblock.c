@@ -66,14 +66,22 @@ memblock_get_ready (void)
   return registry_init ();
 }
 
+/* What memblock_add_export needs. */
+struct memblock_list {
+  struct nbdkit_exports *exports;
+  bool readonly;                /* nbdkit -r */
+};
+
 /* registry_list callback: advertise one device. */
 static int
-memblock_add_export (void *exports, const struct device *dev)
+memblock_add_export (void *opaque, const struct device *dev)
 {
+  struct memblock_list *l = opaque;
   char description[REGISTRY_DESCRIPTION_MAX];
 
-  registry_describe (dev, dev->readonly, description, sizeof description);
-  return nbdkit_add_export (exports, dev->name, description);
+  registry_describe (dev, dev->readonly || l->readonly,
+                     description, sizeof description);
+  return nbdkit_add_export (l->exports, dev->name, description);
 }
 
 /* The .list_exports callback: every device, with size and ro/rw. */
@@ -81,9 +89,10 @@ static int
 memblock_list_exports (int readonly, int is_tls,
                        struct nbdkit_exports *exports)
 {
-  (void) readonly;
+  struct memblock_list l = { .exports = exports, .readonly = readonly };
+
   (void) is_tls;
-  return registry_list (memblock_add_export, exports);
+  return registry_list (memblock_add_export, &l);
 }
 
 /* The .default_export callback: the first declared device. */

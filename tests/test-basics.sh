@@ -124,6 +124,20 @@ done
 nbdsh_run fresh 'assert h.pread(6, 0) == b"fresh!"' || fail "registry damaged"
 stop_server
 
+# nbdkit -r: every device is listed and served read-only, and :rw is
+# refused.
+saved_extra=${NBDKIT_EXTRA:-}
+NBDKIT_EXTRA="$saved_extra -r"
+start_server ro name=disk0 name=golden:ro
+NBDKIT_EXTRA=$saved_extra
+nbdinfo --list "nbd+unix://?socket=$sock" >"$tmp/list"
+[ "$(grep -c 'description: 16 MiB, read-only' "$tmp/list")" -eq 2 ] ||
+    { cat "$tmp/list"; fail "-r: devices not listed read-only"; }
+nbdsh_run disk0 'assert h.is_read_only()' || fail "-r: disk0 writable"
+expect_fail "disk0:rw under -r" nbdsh_run disk0:rw 'pass'
+expect_grep "export 'disk0:rw': the server \(-r\) is read-only" "$log"
+stop_server
+
 # The magic key: a bare device name works too.
 start_server bare golden2:size=2M
 nbdinfo "nbd+unix://?socket=$sock" >"$tmp/info"
