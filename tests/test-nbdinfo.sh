@@ -23,10 +23,18 @@ start_server info chunk-size=1M name=disk0 name=scratch:size=4G \
     name=golden:ro:size=1M name=tiny:size=1000 'name=ünï:size=2M'
 any="nbd+unix:///?socket=$sock"
 
+# expect_list WHAT: the exports and descriptions that nbdinfo --list
+# prints for the server on $sock must be the lines on stdin, in order.
+expect_list() {
+    cat >"$tmp/list.want"
+    nbdinfo --list "nbd+unix:///?socket=$sock" >"$tmp/list.txt" ||
+        fail "nbdinfo --list ($1) failed"
+    grep -E '^export=|description:' "$tmp/list.txt" >"$tmp/list.got"
+    diff -u "$tmp/list.want" "$tmp/list.got" || fail "nbdinfo --list ($1)"
+}
+
 # --list, text: every export with its description, in order.
-nbdinfo --list "$any" >"$tmp/list.txt" || fail "nbdinfo --list failed"
-grep -E '^export=|description:' "$tmp/list.txt" >"$tmp/list.got"
-cat >"$tmp/list.want" <<'EOF'
+expect_list static <<'EOF'
 export="disk0":
 	description: 16 MiB, read-write
 export="scratch":
@@ -38,7 +46,6 @@ export="tiny":
 export="ünï":
 	description: 2 MiB, read-write
 EOF
-diff -u "$tmp/list.want" "$tmp/list.got" || fail "nbdinfo --list (above)"
 
 # --list --json: names, descriptions, sizes, read-only flags.
 nbdinfo --list --json "$any" >"$tmp/list.json" ||
@@ -121,14 +128,10 @@ stop_server
 start_server dyn dynamic=true name=first:size=1M
 [ "$(nbdinfo --size "$(uri fresh:size=3M)")" = 3145728 ] ||
     fail "dynamic device fresh:size=3M has the wrong size"
-nbdinfo --list "nbd+unix:///?socket=$sock" >"$tmp/list.txt" ||
-    fail "nbdinfo --list (dynamic) failed"
-grep -E '^export=|description:' "$tmp/list.txt" >"$tmp/list.got"
-cat >"$tmp/list.want" <<'EOF'
+expect_list dynamic <<'EOF'
 export="first":
 	description: 1 MiB, read-write
 export="fresh":
 	description: 3 MiB, read-write
 EOF
-diff -u "$tmp/list.want" "$tmp/list.got" || fail "dynamic nbdinfo --list (above)"
 echo "nbdinfo: all checks passed"
