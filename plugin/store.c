@@ -405,12 +405,13 @@ store_write (struct store *s, const void *buf, uint64_t count, uint64_t offset)
   if (store_check_range (s, count, offset) == -1)
     return -1;
   /* Reserve first, so that a refused write leaves no trace, not even an
-   * empty chunk; then create chunks; only then copy.
+   * empty chunk; then create chunks (none are missing for data when no
+   * page is new); only then copy.
    */
   need = store_write_count (s, in, count, offset);
   if (store_reserve (s, need) == -1)
     return -1;
-  if (store_write_grow (s, in, count, offset) == -1) {
+  if (need > 0 && store_write_grow (s, in, count, offset) == -1) {
     store_settle (s, need, 0, 0);
     return -1;
   }
