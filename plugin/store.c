@@ -5,11 +5,13 @@
  * struct chunk, created on the first write that stores non-zero data in
  * it.  A chunk's data is a slot of MAP_NORESERVE address space from the
  * store's arena (arena.c), so the kernel backs only the 4 KiB pages
- * that are written.  Each chunk carries a bitmap with one bit per page:
+ * that are written.  Each chunk carries two bitmaps with one bit per
+ * page:
  *
- *   bit clear  the page reads as zeroes and holds only zeroes (it is
- *              either untouched or was given back with MADV_DONTNEED);
- *   bit set    the page may hold data.
+ *   map   clear: the page reads as zeroes and holds no memory (it is
+ *         untouched, or was given back with MADV_DONTNEED);
+ *         set: the page holds data and is counted.
+ *   lock  set while one request changes the page (see below).
  *
  * Reads copy set pages and fill clear pages with zeroes without
  * touching the mapping; extents report clear pages as holes; write
@@ -17,26 +19,56 @@
  * Accounting (per store and against a shared store_limit) counts set
  * bits, so it follows what is really held, page by page.
  *
- * Concurrency.  There is no lock on the data path.  Chunks, once
- * created, stay in the directory until store_destroy, so a reader never
- * follows a pointer to freed memory.  Chunk creation is serialised by
- * grow_lock and published with a release store.  A writer copies data
- * first and then sets the page's bit (release); a reader loads the bit
- * (acquire) before copying, so it sees either zeroes or the new data.
- * A release clears the bit first and then calls madvise, so that once
- * requests have settled a clear bit always means a zero page.  Requests
- * that overlap in flight get one of the orders NBD allows, or a mix of
- * them (as with a real disk); disjoint requests never disturb each other.
+ * Concurrency.  There is no global lock on the data path, and readers
+ * take no lock at all.  Whatever changes a page's memory or its map bit
+ * (a write, a write-zeroes or a trim) first takes the page's lock bit,
+ * and so does the release that gives it back; page locks are taken a
+ * bitmap word at a time (up to 64 pages in one CAS), in ascending order
+ * of chunk and page, and a request holds no other lock while it waits,
+ * so requests cannot deadlock.  These invariants hold between requests:
  *
- * Memory cap.  A write first counts the pages it will newly set (pages
- * whose bit is clear and whose new data is not all zeroes) and reserves
- * that many pages against the limit; then it creates the chunks it
- * needs, and only then does it copy.  A write refused with ENOSPC thus
- * changes nothing and allocates nothing.
+ *   I1  Chunks, once created, stay in the directory until store_destroy,
+ *       so a reader never follows a pointer to freed memory.  Creation
+ *       is serialised by grow_lock and published with a release store;
+ *       a new chunk has every bit clear, so a zero or a read that finds
+ *       the chunk missing and one that finds it empty agree.
+ *   I2  A set bit means the page holds data and is counted; a clear bit
+ *       means it reads zeroes and holds no memory.  Only a holder of the
+ *       page's lock changes the bit or the page's memory: a write copies
+ *       and then sets the bit (release); a release clears the bit and
+ *       then calls madvise.  Since both hold the lock, a write can never
+ *       refill a page behind a release (the race where a copy faulted a
+ *       released page back in under a clear bit: the page then read as
+ *       zeroes, changed its mind on the next partial write, and held
+ *       memory that no counter saw).
+ *   I3  Reader vs release: a reader loads the bit (acquire) and copies
+ *       without a lock.  If a release overlaps, the copy may see some
+ *       zeroes from the page the kernel gave back, which is one of the
+ *       mixes NBD allows for overlapping requests.  A read fault on a
+ *       released page maps the kernel's shared zero page: no memory.
+ *   I4  A release run may span clear pages between two set bits (one
+ *       madvise call for the run): those pages are inside the releasing
+ *       request's locked range, so no write is filling them.
+ *   I5  Memory cap: limit->used is the pages set in all its stores plus
+ *       the reservations of writes in flight, and never passes max.  A
+ *       write counts the pages it will newly set (clear pages whose new
+ *       data is not all zero) and reserves them (CAS against max)
+ *       before it creates a chunk or copies a byte; then it locks its
+ *       whole range and counts again, exactly, since a release may have
+ *       cleared a page in between, and reserves the difference.  A write
+ *       refused with ENOSPC thus changes no byte, and outside such a
+ *       race creates no chunk.  The counts only move down when bits are
+ *       cleared, after the release.
+ *
+ * Requests that overlap in flight land in one of the orders NBD allows:
+ * each page ends up as some order of the requests that touched it left
+ * it, and stays so; disjoint requests never wait for each other (two
+ * requests sharing a bitmap word take different bits of it).
  */
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,7 +80,8 @@
 
 struct chunk {
   unsigned char *data;          /* 2^chunk_shift bytes from the arena */
-  _Atomic uint64_t map[];       /* one bit per page, see above */
+  _Atomic uint64_t *lock;       /* one bit per page: its lock (I2) */
+  _Atomic uint64_t map[];       /* one bit per page: holds data (I2) */
 };
 
 struct store {
@@ -208,6 +241,76 @@ store_run (struct chunk *c, uint64_t coff, uint64_t end, bool *set)
   return MIN (store_run_end (c, p + 1, q, *set) << STORE_PAGE_SHIFT, end);
 }
 
+/* Bits [p % 64, hi) of word p / 64, where hi is q's bit if q is in that
+ * word, else 64; *next receives the first page after them.
+ */
+static inline uint64_t
+store_word_mask (uint64_t p, uint64_t q, uint64_t *next)
+{
+  uint64_t w = p / 64, hi = MIN (q - w * 64, 64);
+
+  *next = w * 64 + hi;
+  return (hi == 64 ? ~(uint64_t) 0 : ((uint64_t) 1 << hi) - 1)
+         & (~(uint64_t) 0 << (p % 64));
+}
+
+/* Wait a little for another request's page lock: spin, then yield. */
+static void
+store_lock_wait (unsigned *spins)
+{
+  if (++*spins < 128) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause ();
+#endif
+  }
+  else
+    sched_yield ();
+}
+
+/* Lock pages [p, q) of chunk c, a word at a time in ascending order. */
+static void
+store_lock_pages (struct chunk *c, uint64_t p, uint64_t q)
+{
+  while (p < q) {
+    uint64_t next, mask = store_word_mask (p, q, &next);
+    _Atomic uint64_t *w = &c->lock[p / 64];
+    uint64_t old = atomic_load_explicit (w, memory_order_relaxed);
+    unsigned spins = 0;
+
+    for (;;) {
+      if ((old & mask) != 0) {
+        store_lock_wait (&spins);
+        old = atomic_load_explicit (w, memory_order_relaxed);
+      }
+      else if (atomic_compare_exchange_weak_explicit (w, &old, old | mask,
+                                                      memory_order_acquire,
+                                                      memory_order_relaxed))
+        break;
+    }
+    p = next;
+  }
+}
+
+/* Unlock pages [p, q) of chunk c. */
+static void
+store_unlock_pages (struct chunk *c, uint64_t p, uint64_t q)
+{
+  while (p < q) {
+    uint64_t next, mask = store_word_mask (p, q, &next);
+
+    atomic_fetch_and_explicit (&c->lock[p / 64], ~mask, memory_order_release);
+    p = next;
+  }
+}
+
+/* The pages [*p, *q) that bytes [coff, coff+n) of a chunk touch. */
+static inline void
+store_page_span (uint64_t coff, uint64_t n, uint64_t *p, uint64_t *q)
+{
+  *p = coff >> STORE_PAGE_SHIFT;
+  *q = (coff + n + STORE_PAGE - 1) >> STORE_PAGE_SHIFT;
+}
+
 /* Create the chunk at idx if it is missing; NULL with errno on failure. */
 static struct chunk *
 store_chunk_create (struct store *s, uint64_t idx)
@@ -218,18 +321,21 @@ store_chunk_create (struct store *s, uint64_t idx)
   pthread_mutex_lock (&s->grow_lock);
   c = chunkdir_get (&s->dir, idx);
   if (c == NULL) {
-    c = calloc (1, sizeof *c + s->map_words * sizeof (uint64_t));
+    c = calloc (1, sizeof *c + 2 * s->map_words * sizeof (uint64_t));
     if (c == NULL)
       err = errno;
-    else if ((c->data = arena_alloc (&s->arena)) == NULL ||
-             chunkdir_set (&s->dir, idx, c) == -1) {
-      /* An arena slot lost here is untouched address space, no memory. */
-      err = errno;
-      free (c);
-      c = NULL;
+    else {
+      c->lock = c->map + s->map_words;
+      if ((c->data = arena_alloc (&s->arena)) == NULL ||
+          chunkdir_set (&s->dir, idx, c) == -1) {
+        /* An arena slot lost here is untouched address space. */
+        err = errno;
+        free (c);
+        c = NULL;
+      }
+      else
+        atomic_fetch_add_explicit (&s->chunks, 1, memory_order_relaxed);
     }
-    else
-      atomic_fetch_add_explicit (&s->chunks, 1, memory_order_relaxed);
   }
   pthread_mutex_unlock (&s->grow_lock);
   errno = err;
@@ -281,15 +387,17 @@ store_read (struct store *s, void *buf, uint64_t count, uint64_t offset)
 
 /* Count the pages a write would newly set: pages whose bit is clear
  * (or whose chunk does not exist) and whose new data is not all zero.
+ * chunks, if not NULL, holds the write's chunks (see store_write_lock);
+ * else they are looked up.
  */
 static uint64_t
 store_write_count (struct store *s, const unsigned char *in,
-                   uint64_t count, uint64_t offset)
+                   uint64_t count, uint64_t offset, struct chunk **chunks)
 {
-  uint64_t need = 0;
+  uint64_t need = 0, first = offset >> s->chunk_shift;
 
   FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
-    struct chunk *c = chunkdir_get (&s->dir, idx);
+    struct chunk *c = chunks ? chunks[idx - first] : chunkdir_get (&s->dir, idx);
     uint64_t pos = coff, end = coff + n;
 
     while (pos < end) {
@@ -342,7 +450,9 @@ store_reserve (struct store *s, uint64_t pages)
   return 0;
 }
 
-/* Bring the counters in line: pages reserved, newly set and released. */
+/* Bring the counters in line: pages reserved, newly set and released.
+ * Never called with gained > reserved + released (I5).
+ */
 static void
 store_settle (struct store *s, uint64_t reserved, uint64_t gained,
               uint64_t released)
@@ -353,19 +463,15 @@ store_settle (struct store *s, uint64_t reserved, uint64_t gained,
   else if (released > gained)
     atomic_fetch_sub_explicit (&s->pages, released - gained,
                                memory_order_relaxed);
-  if (s->limit == NULL)
-    return;
-  if (gained > reserved + released)
-    atomic_fetch_add_explicit (&s->limit->used,
-                               (gained - reserved - released) * STORE_PAGE,
-                               memory_order_relaxed);
-  else if (gained < reserved + released)
+  if (s->limit != NULL && gained < reserved + released)
     atomic_fetch_sub_explicit (&s->limit->used,
                                (reserved + released - gained) * STORE_PAGE,
                                memory_order_relaxed);
 }
 
-/* Copy the n bytes at in into chunk c at coff; returns pages newly set. */
+/* Copy the n bytes at in into chunk c at coff, whose pages the caller
+ * has locked; returns pages newly set.
+ */
 static uint64_t
 store_write_chunk (struct chunk *c, const unsigned char *in,
                    uint64_t coff, uint64_t n)
@@ -395,38 +501,86 @@ store_write_chunk (struct chunk *c, const unsigned char *in,
   return gained;
 }
 
+/* Lock (lock true) or unlock the pages of a write in the chunks that
+ * exist, in ascending order.  Locking records each piece's chunk in
+ * chunks[] (NULL where it is missing: such a piece is all zeroes, and
+ * the write takes effect there before any later creation of the chunk);
+ * unlocking and store_write_count then use the same chunks.
+ */
+static void
+store_write_lock (struct store *s, uint64_t count, uint64_t offset,
+                  struct chunk **chunks, bool lock)
+{
+  uint64_t first = offset >> s->chunk_shift;
+
+  FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
+    struct chunk *c;
+    uint64_t p, q;
+
+    if (lock)
+      chunks[idx - first] = chunkdir_get (&s->dir, idx);
+    if ((c = chunks[idx - first]) == NULL)
+      continue;
+    store_page_span (coff, n, &p, &q);
+    if (lock)
+      store_lock_pages (c, p, q);
+    else
+      store_unlock_pages (c, p, q);
+  }
+}
+
+/* Chunk pointers a write keeps on the stack; more are allocated. */
+#define STORE_STACK_PIECES 16
+
 /* Write count bytes from buf at offset; ENOSPC at the cap changes nothing. */
 int
 store_write (struct store *s, const void *buf, uint64_t count, uint64_t offset)
 {
   const unsigned char *in = buf;
-  uint64_t need, gained = 0;
+  struct chunk *stack[STORE_STACK_PIECES], **chunks = stack;
+  uint64_t need, exact, gained = 0, pieces;
+  int r = -1;
 
   if (store_check_range (s, count, offset) == -1)
     return -1;
+  if (count == 0)
+    return 0;
   /* Reserve first, so that a refused write leaves no trace, not even an
    * empty chunk; then create chunks (none are missing for data when no
-   * page is new); only then copy.
+   * page is new); only then lock, count again and copy (I5).
    */
-  need = store_write_count (s, in, count, offset);
+  need = store_write_count (s, in, count, offset, NULL);
   if (store_reserve (s, need) == -1)
     return -1;
-  if (need > 0 && store_write_grow (s, in, count, offset) == -1) {
-    store_settle (s, need, 0, 0);
-    return -1;
-  }
-  FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
-    struct chunk *c = chunkdir_get (&s->dir, idx);
+  if (need > 0 && store_write_grow (s, in, count, offset) == -1)
+    goto out;
+  pieces = ((offset + count - 1) >> s->chunk_shift)
+           - (offset >> s->chunk_shift) + 1;
+  if (pieces > STORE_STACK_PIECES &&
+      (chunks = malloc (pieces * sizeof *chunks)) == NULL)
+    goto out;
+  store_write_lock (s, count, offset, chunks, true);
+  exact = store_write_count (s, in, count, offset, chunks);
+  if (exact <= need || store_reserve (s, exact - need) == 0) {
+    if (exact > need)
+      need = exact;
+    FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
+      struct chunk *c = chunks[idx - (offset >> s->chunk_shift)];
 
-    if (c != NULL)
-      gained += store_write_chunk (c, in + done, coff, n);
-    /* else: the piece was all zeroes and the chunk is still a hole. */
+      if (c != NULL)
+        gained += store_write_chunk (c, in + done, coff, n);
+    }
+    r = 0;
   }
+  store_write_lock (s, count, offset, chunks, false);
+  if (chunks != stack)
+    free (chunks);
+ out:
   store_settle (s, need, gained, 0);
-  return 0;
+  return r;
 }
 
-/* Zero [from, to) of chunk c, which lies inside one or two pages. */
+/* Zero [from, to) of chunk c, which lies inside one or two locked pages. */
 static void
 store_zero_partial (struct chunk *c, uint64_t from, uint64_t to)
 {
@@ -439,20 +593,17 @@ store_zero_partial (struct chunk *c, uint64_t from, uint64_t to)
   }
 }
 
-/* Clear pages [p, q) of chunk c and give them back; returns pages released. */
+/* Clear locked pages [p, q) of chunk c and give them back; returns
+ * pages released.
+ */
 static uint64_t
 store_release_pages (struct chunk *c, uint64_t p, uint64_t q)
 {
   uint64_t released = 0, run_start = 0, run_end = 0;
 
   while (p < q) {
-    uint64_t w = p / 64, lo = p % 64;
-    uint64_t hi = MIN (q - w * 64, 64);   /* bits [lo, hi) of word w */
-    uint64_t mask = (hi == 64 ? ~(uint64_t) 0 : ((uint64_t) 1 << hi) - 1)
-                    & (~(uint64_t) 0 << lo);
-    uint64_t old;
+    uint64_t w = p / 64, mask = store_word_mask (p, q, &p), old;
 
-    p = w * 64 + hi;
     if ((atomic_load_explicit (&c->map[w], memory_order_relaxed) & mask) == 0)
       continue;
     old = atomic_fetch_and_explicit (&c->map[w], ~mask, memory_order_acq_rel)
@@ -461,7 +612,7 @@ store_release_pages (struct chunk *c, uint64_t p, uint64_t q)
       continue;
     released += __builtin_popcountll (old);
     /* Pages between the first and last released bit were clear, hence
-     * zero already; handing them back too costs nothing.
+     * zero already; handing them back too costs nothing (I4).
      */
     uint64_t first = w * 64 + __builtin_ctzll (old);
     uint64_t last = w * 64 + 64 - __builtin_clzll (old);
@@ -479,23 +630,29 @@ store_release_pages (struct chunk *c, uint64_t p, uint64_t q)
   return released;
 }
 
-/* Zero [coff, coff+n) of chunk c; returns pages released.  to_end says
- * the range runs to the end of the device, so a last partial page goes.
+/* Zero [coff, coff+n) of chunk c under its pages' locks; returns pages
+ * released.  to_end says the range runs to the end of the device, so a
+ * last partial page goes.
  */
 static uint64_t
 store_zero_chunk (struct chunk *c, uint64_t coff, uint64_t n, bool to_end)
 {
-  uint64_t end = coff + n;
+  uint64_t end = coff + n, p, q, released = 0;
   uint64_t a = (coff + STORE_PAGE - 1) & ~(STORE_PAGE - 1);
   uint64_t b = (to_end ? end + STORE_PAGE - 1 : end) & ~(STORE_PAGE - 1);
 
-  if (a >= b) {
+  store_page_span (coff, n, &p, &q);
+  store_lock_pages (c, p, q);
+  if (a >= b)
     store_zero_partial (c, coff, end);
-    return 0;
+  else {
+    store_zero_partial (c, coff, a);
+    store_zero_partial (c, b, end);
+    released = store_release_pages (c, a >> STORE_PAGE_SHIFT,
+                                    b >> STORE_PAGE_SHIFT);
   }
-  store_zero_partial (c, coff, a);
-  store_zero_partial (c, b, end);
-  return store_release_pages (c, a >> STORE_PAGE_SHIFT, b >> STORE_PAGE_SHIFT);
+  store_unlock_pages (c, p, q);
+  return released;
 }
 
 /* Make [offset, offset+count) read as zeroes, releasing whole pages. */
