@@ -41,13 +41,35 @@ for t in "$top/$build"/test-*; do
     [ -x "$t" ] && run_unit "$t"
 done
 
+# nbdkit_tmpdirs: the /tmp/nbdkitXXXXXX directories that exist, sorted.
+# nbdkit makes one for `-U -` and leaves it behind when it fails to
+# start; a test must give nbdkit a socket in its own $tmp instead.
+nbdkit_tmpdirs() {
+    for d in /tmp/nbdkit*; do
+        [ -d "$d" ] && echo "$d"
+    done | LC_ALL=C sort
+}
+
 shell_tests=${TESTS:-$(cd "$top/tests" && ls test-*.sh 2>/dev/null)}
 for t in $shell_tests; do
     name=${t%.sh}
     start=$(date +%s)
+    # Shell tests run one at a time, so a directory that appears while
+    # one runs is that test's (unless something else on the machine runs
+    # `nbdkit -U -` at the same moment: the names are printed).
+    nbdkit_tmpdirs >"$logs/.$name.tmpdirs"
     sh "$top/tests/$t" >"$logs/$name.log" 2>&1
     rc=$?
     secs=$(( $(date +%s) - start ))
+    leaked=$(nbdkit_tmpdirs | LC_ALL=C comm -13 "$logs/.$name.tmpdirs" -)
+    rm -f "$logs/.$name.tmpdirs"
+    if [ -n "$leaked" ]; then
+        n=$(echo "$leaked" | wc -l)
+        echo "FAIL: $name left $n /tmp/nbdkit* directories behind" \
+             "(nbdkit -U -?):" $(echo "$leaked" | head -n 5) \
+             "$([ "$n" -le 5 ] || echo ...)" >>"$logs/$name.log"
+        [ $rc -ne 0 ] && [ $rc -ne 77 ] || rc=1
+    fi
     case $rc in
         0)  passed=$((passed + 1)); echo "PASS $name ($secs s)" ;;
         77) skipped=$((skipped + 1))

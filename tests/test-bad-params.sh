@@ -11,9 +11,12 @@ tried=0
 
 # run_nbdkit ARGS...: start nbdkit on a private socket; if it comes up it
 # runs `true` and exits 0 at once.  Output in $tmp/out, status in $rc.
+# The socket is in $tmp, not `-U -`: for that nbdkit makes a directory
+# /tmp/nbdkitXXXXXX and leaves it behind when the plugin refuses to start.
 run_nbdkit() {
     rc=0
-    timeout 30 ${NBDKIT_WRAPPER:-} nbdkit -U - ${NBDKIT_EXTRA:-} \
+    rm -f "$tmp/run.sock"
+    timeout 30 ${NBDKIT_WRAPPER:-} nbdkit -U "$tmp/run.sock" ${NBDKIT_EXTRA:-} \
         "$MEMBLOCK_SO" "$@" --run true >"$tmp/out" 2>&1 || rc=$?
     tried=$((tried + 1))
 }
