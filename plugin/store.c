@@ -60,6 +60,36 @@
  *       race creates no chunk.  The counts only move down when bits are
  *       cleared, after the release.
  *
+ * Clones.  A clone (store_create_clone) starts as an exact view of a
+ * source store that no one writes any more (a read-only device).  Its
+ * chunks carry a third bitmap, hide, and a page is in one of three
+ * classes:
+ *
+ *   map set              data: the clone's own page;
+ *   map clear, hide set  zero: trimmed or zeroed in the clone;
+ *   both clear           source: reads what the source reads there.
+ *
+ * A missing chunk in a clone is all source.  Chains of clones read
+ * through each source in turn.
+ *
+ *   C1  A page leaves the source class once, under its lock, and never
+ *       comes back: a write or a zero sets hide, and in a clone every
+ *       data page has hide set.  A write into a page still showing its
+ *       source first copies the source's page (a partial write keeps
+ *       the rest of it) and keeps the page only if it is not all zero.
+ *   C2  A reader loads hide before map; a writer sets map before hide
+ *       (release), and a release sets hide before it clears map.  So a
+ *       reader sees a class the page really had: never the source's
+ *       bytes once the page has been trimmed or written, and never
+ *       zeroes for a page that went straight from source to data.
+ *   C3  Writes and zeroes in a clone reserve, before any change, the
+ *       pages that may need memory: a partial write or zero into a page
+ *       still showing its source is counted even if the result turns out
+ *       all zero (the unused reservation is given back).  A zero can
+ *       thus fail with ENOSPC in a clone, changing nothing.  A clone
+ *       creates a chunk wherever it must hide a source's chunk, so a
+ *       write or zero can create chunks of zeroes (headers only).
+ *
  * Requests that overlap in flight land in one of the orders NBD allows:
  * each page ends up as some order of the requests that touched it left
  * it, and stays so; disjoint requests never wait for each other (two
@@ -78,9 +108,17 @@
 
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 
+/* What a page reads as (see "Clones" above). */
+enum store_class {
+  STORE_ZERO,                   /* zeroes: a hole, or hidden in a clone */
+  STORE_DATA,                   /* the chunk's own page */
+  STORE_SOURCE,                 /* the source's page (clones only) */
+};
+
 struct chunk {
   unsigned char *data;          /* 2^chunk_shift bytes from the arena */
   _Atomic uint64_t *lock;       /* one bit per page: its lock (I2) */
+  _Atomic uint64_t *hide;       /* clones: one bit per page, C1; else NULL */
   _Atomic uint64_t map[];       /* one bit per page: holds data (I2) */
 };
 
@@ -88,6 +126,7 @@ struct store {
   uint64_t size;
   unsigned chunk_shift;
   size_t map_words;             /* uint64_t words in a chunk's map */
+  struct store *source;         /* clones: the read-only source, else NULL */
   struct chunkdir dir;
   pthread_mutex_t grow_lock;    /* serialises chunk creation and arena */
   struct arena arena;
@@ -123,6 +162,17 @@ store_create (uint64_t size, unsigned chunk_shift, struct store_limit *limit)
   }
   arena_init (&s->arena, (size_t) 1 << chunk_shift, nchunks);
   pthread_mutex_init (&s->grow_lock, NULL);
+  return s;
+}
+
+/* Create a clone of source: O(1), it holds nothing until written. */
+struct store *
+store_create_clone (struct store *source, struct store_limit *limit)
+{
+  struct store *s = store_create (source->size, source->chunk_shift, limit);
+
+  if (s != NULL)
+    s->source = source;
   return s;
 }
 
@@ -195,15 +245,43 @@ store_is_zero (const unsigned char *p, size_t len)
   return len <= 16 || memcmp (p, p + 16, len - 16) == 0;
 }
 
-/* Whether page p of chunk c is set. */
-static inline bool
-store_page_set (struct chunk *c, uint64_t p)
+/* Load word w of chunk c's hide and map bitmaps: hide first (C2), so
+ * that each page's class from the pair is one it really had.  A chunk
+ * without hide (not a clone) hides every page.
+ */
+static inline void
+store_load_word (struct chunk *c, uint64_t w, uint64_t *h, uint64_t *d)
 {
-  return (atomic_load_explicit (&c->map[p / 64], memory_order_acquire)
-          >> (p % 64)) & 1;
+  *h = c->hide
+    ? atomic_load_explicit (&c->hide[w], memory_order_acquire) : ~(uint64_t) 0;
+  *d = atomic_load_explicit (&c->map[w], memory_order_acquire);
 }
 
-/* Set page p's bit after its data is in place; true if it was clear. */
+/* The pages of word w of chunk c that are of class cls. */
+static inline uint64_t
+store_class_bits (struct chunk *c, uint64_t w, enum store_class cls)
+{
+  uint64_t h, d;
+
+  store_load_word (c, w, &h, &d);
+  switch (cls) {
+  case STORE_DATA: return d;
+  case STORE_ZERO: return ~d & h;
+  default:         return ~d & ~h;
+  }
+}
+
+/* The class of page p of chunk c. */
+static inline enum store_class
+store_page_class (struct chunk *c, uint64_t p)
+{
+  uint64_t h, d, bit = (uint64_t) 1 << (p % 64);
+
+  store_load_word (c, p / 64, &h, &d);
+  return (d & bit) ? STORE_DATA : (h & bit) ? STORE_ZERO : STORE_SOURCE;
+}
+
+/* Set page p's data bit after its data is in place; true if it was clear. */
 static inline bool
 store_page_mark (struct chunk *c, uint64_t p)
 {
@@ -211,34 +289,6 @@ store_page_mark (struct chunk *c, uint64_t p)
 
   return !(atomic_fetch_or_explicit (&c->map[p / 64], bit,
                                      memory_order_release) & bit);
-}
-
-/* First page in [p, q) whose state differs from `set`, or q. */
-static uint64_t
-store_run_end (struct chunk *c, uint64_t p, uint64_t q, bool set)
-{
-  while (p < q) {
-    uint64_t w = atomic_load_explicit (&c->map[p / 64], memory_order_acquire);
-    uint64_t differ = (set ? ~w : w) & (~(uint64_t) 0 << (p % 64));
-
-    if (differ)
-      return MIN ((p & ~(uint64_t) 63) + __builtin_ctzll (differ), q);
-    p = (p | 63) + 1;
-  }
-  return q;
-}
-
-/* End (byte offset in the chunk) of the run of pages like the one at
- * coff, bounded by end; *set receives that page's state.
- */
-static uint64_t
-store_run (struct chunk *c, uint64_t coff, uint64_t end, bool *set)
-{
-  uint64_t p = coff >> STORE_PAGE_SHIFT;
-  uint64_t q = (end + STORE_PAGE - 1) >> STORE_PAGE_SHIFT;
-
-  *set = store_page_set (c, p);
-  return MIN (store_run_end (c, p + 1, q, *set) << STORE_PAGE_SHIFT, end);
 }
 
 /* Bits [p % 64, hi) of word p / 64, where hi is q's bit if q is in that
@@ -252,6 +302,45 @@ store_word_mask (uint64_t p, uint64_t q, uint64_t *next)
   *next = w * 64 + hi;
   return (hi == 64 ? ~(uint64_t) 0 : ((uint64_t) 1 << hi) - 1)
          & (~(uint64_t) 0 << (p % 64));
+}
+
+/* Hide pages [p, q) of clone chunk c from its source (C1). */
+static void
+store_hide_pages (struct chunk *c, uint64_t p, uint64_t q)
+{
+  while (p < q) {
+    uint64_t w = p / 64, mask = store_word_mask (p, q, &p);
+
+    atomic_fetch_or_explicit (&c->hide[w], mask, memory_order_release);
+  }
+}
+
+/* First page in [p, q) whose class differs from cls, or q. */
+static uint64_t
+store_run_end (struct chunk *c, uint64_t p, uint64_t q, enum store_class cls)
+{
+  while (p < q) {
+    uint64_t differ = ~store_class_bits (c, p / 64, cls)
+                      & (~(uint64_t) 0 << (p % 64));
+
+    if (differ)
+      return MIN ((p & ~(uint64_t) 63) + __builtin_ctzll (differ), q);
+    p = (p | 63) + 1;
+  }
+  return q;
+}
+
+/* End (byte offset in the chunk) of the run of pages like the one at
+ * coff, bounded by end; *cls receives their class.
+ */
+static uint64_t
+store_run (struct chunk *c, uint64_t coff, uint64_t end, enum store_class *cls)
+{
+  uint64_t p = coff >> STORE_PAGE_SHIFT;
+  uint64_t q = (end + STORE_PAGE - 1) >> STORE_PAGE_SHIFT;
+
+  *cls = store_page_class (c, p);
+  return MIN (store_run_end (c, p + 1, q, *cls) << STORE_PAGE_SHIFT, end);
 }
 
 /* Wait a little for another request's page lock: spin, then yield. */
@@ -315,17 +404,20 @@ store_page_span (uint64_t coff, uint64_t n, uint64_t *p, uint64_t *q)
 static struct chunk *
 store_chunk_create (struct store *s, uint64_t idx)
 {
+  size_t bitmaps = s->source ? 3 : 2;
   struct chunk *c;
   int err = 0;
 
   pthread_mutex_lock (&s->grow_lock);
   c = chunkdir_get (&s->dir, idx);
   if (c == NULL) {
-    c = calloc (1, sizeof *c + 2 * s->map_words * sizeof (uint64_t));
+    c = calloc (1, sizeof *c + bitmaps * s->map_words * sizeof (uint64_t));
     if (c == NULL)
       err = errno;
     else {
       c->lock = c->map + s->map_words;
+      if (s->source)
+        c->hide = c->lock + s->map_words;
       if ((c->data = arena_alloc (&s->arena)) == NULL ||
           chunkdir_set (&s->dir, idx, c) == -1) {
         /* An arena slot lost here is untouched address space. */
@@ -342,6 +434,29 @@ store_chunk_create (struct store *s, uint64_t idx)
   return c;
 }
 
+/* Whether some store down s's chain of sources has the chunk at idx:
+ * where none has, a clone's missing chunk reads zeroes.
+ */
+static bool
+store_source_has_chunk (const struct store *s, uint64_t idx)
+{
+  for (s = s->source; s != NULL; s = s->source)
+    if (chunkdir_get (&s->dir, idx) != NULL)
+      return true;
+  return false;
+}
+
+/* The first chunk index in [idx, end) that s or a store down its chain
+ * has, or end.
+ */
+static uint64_t
+store_next_chunk (const struct store *s, uint64_t idx, uint64_t end)
+{
+  for (; s != NULL; s = s->source)
+    end = chunkdir_next (&s->dir, idx, end);
+  return end;
+}
+
 /* Calls body once per chunk piece of [offset, offset+count):
  * idx (chunk index), coff (offset in chunk), n (bytes), done (bytes
  * before this piece).
@@ -354,6 +469,19 @@ store_chunk_create (struct store *s, uint64_t idx)
           n = MIN ((count) - done, (1ULL << (s)->chunk_shift) - coff),  \
           1);                                                           \
        done += n)
+
+/* Fill len bytes at out with what [offset, offset+len) of s's source
+ * holds, or zeroes if s has none.
+ */
+static void
+store_read_source (struct store *s, unsigned char *out,
+                   uint64_t len, uint64_t offset)
+{
+  if (s->source)
+    store_read (s->source, out, len, offset);
+  else
+    memset (out, 0, len);
+}
 
 /* Read count bytes at offset into buf. */
 int
@@ -368,25 +496,29 @@ store_read (struct store *s, void *buf, uint64_t count, uint64_t offset)
     uint64_t pos = coff, end = coff + n;
 
     if (c == NULL) {
-      memset (out + done, 0, n);
+      store_read_source (s, out + done, n, offset + done);
       continue;
     }
     while (pos < end) {
-      bool set;
-      uint64_t run = store_run (c, pos, end, &set);
+      enum store_class cls;
+      uint64_t run = store_run (c, pos, end, &cls);
+      unsigned char *to = out + done + (pos - coff);
 
-      if (set)
-        memcpy (out + done + (pos - coff), c->data + pos, run - pos);
+      if (cls == STORE_DATA)
+        memcpy (to, c->data + pos, run - pos);
+      else if (cls == STORE_ZERO)
+        memset (to, 0, run - pos);
       else
-        memset (out + done + (pos - coff), 0, run - pos);
+        store_read_source (s, to, run - pos, offset + done + (pos - coff));
       pos = run;
     }
   }
   return 0;
 }
 
-/* Count the pages a write would newly set: pages whose bit is clear
- * (or whose chunk does not exist) and whose new data is not all zero.
+/* Count the pages a write would newly set: pages not holding data
+ * whose new content may not be all zero.  That is exact, but for a
+ * partial write into a page still showing its source, always counted.
  * chunks, if not NULL, holds the write's chunks (see store_write_lock);
  * else they are looked up.
  */
@@ -402,9 +534,14 @@ store_write_count (struct store *s, const unsigned char *in,
 
     while (pos < end) {
       uint64_t next = MIN ((pos | (STORE_PAGE - 1)) + 1, end);
+      enum store_class cls = c ? store_page_class (c, pos >> STORE_PAGE_SHIFT)
+                             : s->source ? STORE_SOURCE : STORE_ZERO;
 
-      if ((c == NULL || !store_page_set (c, pos >> STORE_PAGE_SHIFT)) &&
-          !store_is_zero (in + done + (pos - coff), next - pos))
+      if (cls == STORE_DATA)
+        ;
+      else if (cls == STORE_SOURCE && next - pos < STORE_PAGE)
+        need++;
+      else if (!store_is_zero (in + done + (pos - coff), next - pos))
         need++;
       pos = next;
     }
@@ -412,7 +549,8 @@ store_write_count (struct store *s, const unsigned char *in,
   return need;
 }
 
-/* Create the missing chunks that will hold non-zero data of a write;
+/* Create the missing chunks a write will change: those that get
+ * non-zero data and, in a clone, those where a source may show through.
  * -1 with errno if one cannot be created.
  */
 static int
@@ -421,7 +559,7 @@ store_write_grow (struct store *s, const unsigned char *in,
 {
   FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
     if (chunkdir_get (&s->dir, idx) == NULL &&
-        !store_is_zero (in + done, n) &&
+        (!store_is_zero (in + done, n) || store_source_has_chunk (s, idx)) &&
         store_chunk_create (s, idx) == NULL)
       return -1;
   }
@@ -469,31 +607,65 @@ store_settle (struct store *s, uint64_t reserved, uint64_t gained,
                                memory_order_relaxed);
 }
 
-/* Copy the n bytes at in into chunk c at coff, whose pages the caller
- * has locked; returns pages newly set.
+/* Make locked page p of clone chunk c, which shows its source, its own:
+ * fill it from the source, then apply edit (bytes [from, to) of the page
+ * become src, or zeroes if src is NULL).  The page keeps data only if
+ * the result is not all zero; returns 1 if it does (C3).
  */
 static uint64_t
-store_write_chunk (struct chunk *c, const unsigned char *in,
-                   uint64_t coff, uint64_t n)
+store_detach_page (struct store *s, struct chunk *c, uint64_t base,
+                   uint64_t p, uint64_t from, uint64_t to,
+                   const unsigned char *src)
+{
+  unsigned char *page = c->data + (p << STORE_PAGE_SHIFT);
+  uint64_t off = base + (p << STORE_PAGE_SHIFT);
+  uint64_t len = MIN (STORE_PAGE, s->size - off);
+  uint64_t gained = 0;
+
+  if (from > 0 || to < len)
+    store_read (s->source, page, len, off);
+  if (src)
+    memcpy (page + from, src, to - from);
+  else
+    memset (page + from, 0, to - from);
+  if (store_is_zero (page, len))
+    arena_release (page, STORE_PAGE);
+  else
+    gained = store_page_mark (c, p);
+  store_hide_pages (c, p, p + 1);
+  return gained;
+}
+
+/* Copy the n bytes at in into chunk c at coff, whose pages the caller
+ * has locked; base is the chunk's offset in the device.  Returns pages
+ * newly set.
+ */
+static uint64_t
+store_write_chunk (struct store *s, struct chunk *c, uint64_t base,
+                   const unsigned char *in, uint64_t coff, uint64_t n)
 {
   uint64_t pos = coff, end = coff + n, gained = 0;
 
   while (pos < end) {
-    bool set;
-    uint64_t run = store_run (c, pos, end, &set);
+    enum store_class cls;
+    uint64_t run = store_run (c, pos, end, &cls);
 
-    if (set) {
+    if (cls == STORE_DATA) {
       memcpy (c->data + pos, in + (pos - coff), run - pos);
       pos = run;
       continue;
     }
-    /* Clear pages, one at a time: zero data stays a hole. */
+    /* Other pages one at a time: zero data stays a hole. */
     while (pos < run) {
       uint64_t next = MIN ((pos | (STORE_PAGE - 1)) + 1, run);
+      uint64_t p = pos >> STORE_PAGE_SHIFT, at = p << STORE_PAGE_SHIFT;
 
-      if (!store_is_zero (in + (pos - coff), next - pos)) {
+      if (cls == STORE_SOURCE)
+        gained += store_detach_page (s, c, base, p, pos - at, next - at,
+                                     in + (pos - coff));
+      else if (!store_is_zero (in + (pos - coff), next - pos)) {
         memcpy (c->data + pos, in + (pos - coff), next - pos);
-        gained += store_page_mark (c, pos >> STORE_PAGE_SHIFT);
+        gained += store_page_mark (c, p);
       }
       pos = next;
     }
@@ -503,9 +675,9 @@ store_write_chunk (struct chunk *c, const unsigned char *in,
 
 /* Lock (lock true) or unlock the pages of a write in the chunks that
  * exist, in ascending order.  Locking records each piece's chunk in
- * chunks[] (NULL where it is missing: such a piece is all zeroes, and
- * the write takes effect there before any later creation of the chunk);
- * unlocking and store_write_count then use the same chunks.
+ * chunks[] (NULL where it is missing: such a piece is all zeroes over
+ * zeroes, and the write takes effect there before any later creation of
+ * the chunk); unlocking and store_write_count then use the same chunks.
  */
 static void
 store_write_lock (struct store *s, uint64_t count, uint64_t offset,
@@ -538,7 +710,7 @@ store_write (struct store *s, const void *buf, uint64_t count, uint64_t offset)
 {
   const unsigned char *in = buf;
   struct chunk *stack[STORE_STACK_PIECES], **chunks = stack;
-  uint64_t need, exact, gained = 0, pieces;
+  uint64_t need, exact, gained = 0, pieces, first;
   int r = -1;
 
   if (store_check_range (s, count, offset) == -1)
@@ -552,10 +724,10 @@ store_write (struct store *s, const void *buf, uint64_t count, uint64_t offset)
   need = store_write_count (s, in, count, offset, NULL);
   if (store_reserve (s, need) == -1)
     return -1;
-  if (need > 0 && store_write_grow (s, in, count, offset) == -1)
+  if ((need > 0 || s->source) && store_write_grow (s, in, count, offset) == -1)
     goto out;
-  pieces = ((offset + count - 1) >> s->chunk_shift)
-           - (offset >> s->chunk_shift) + 1;
+  first = offset >> s->chunk_shift;
+  pieces = ((offset + count - 1) >> s->chunk_shift) - first + 1;
   if (pieces > STORE_STACK_PIECES &&
       (chunks = malloc (pieces * sizeof *chunks)) == NULL)
     goto out;
@@ -565,10 +737,11 @@ store_write (struct store *s, const void *buf, uint64_t count, uint64_t offset)
     if (exact > need)
       need = exact;
     FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
-      struct chunk *c = chunks[idx - (offset >> s->chunk_shift)];
+      struct chunk *c = chunks[idx - first];
 
       if (c != NULL)
-        gained += store_write_chunk (c, in + done, coff, n);
+        gained += store_write_chunk (s, c, idx << s->chunk_shift,
+                                     in + done, coff, n);
     }
     r = 0;
   }
@@ -580,17 +753,33 @@ store_write (struct store *s, const void *buf, uint64_t count, uint64_t offset)
   return r;
 }
 
-/* Zero [from, to) of chunk c, which lies inside one or two locked pages. */
-static void
-store_zero_partial (struct chunk *c, uint64_t from, uint64_t to)
+/* Zero [from, to) of chunk c, which lies inside one or two locked
+ * pages; base is the chunk's offset in the device.  Returns pages newly
+ * set (a clone's page that shows its source and keeps some of it).
+ */
+static uint64_t
+store_zero_partial (struct store *s, struct chunk *c, uint64_t base,
+                    uint64_t from, uint64_t to)
 {
+  uint64_t gained = 0;
+
   while (from < to) {
     uint64_t next = MIN ((from | (STORE_PAGE - 1)) + 1, to);
+    uint64_t p = from >> STORE_PAGE_SHIFT, at = p << STORE_PAGE_SHIFT;
 
-    if (store_page_set (c, from >> STORE_PAGE_SHIFT))
+    switch (store_page_class (c, p)) {
+    case STORE_DATA:
       memset (c->data + from, 0, next - from);
+      break;
+    case STORE_SOURCE:
+      gained += store_detach_page (s, c, base, p, from - at, next - at, NULL);
+      break;
+    default:
+      break;
+    }
     from = next;
   }
+  return gained;
 }
 
 /* Clear locked pages [p, q) of chunk c and give them back; returns
@@ -601,6 +790,8 @@ store_release_pages (struct chunk *c, uint64_t p, uint64_t q)
 {
   uint64_t released = 0, run_start = 0, run_end = 0;
 
+  if (c->hide)
+    store_hide_pages (c, p, q);
   while (p < q) {
     uint64_t w = p / 64, mask = store_word_mask (p, q, &p), old;
 
@@ -630,57 +821,96 @@ store_release_pages (struct chunk *c, uint64_t p, uint64_t q)
   return released;
 }
 
-/* Zero [coff, coff+n) of chunk c under its pages' locks; returns pages
- * released.  to_end says the range runs to the end of the device, so a
- * last partial page goes.
+/* Zero [coff, coff+n) of chunk c under its pages' locks; base is the
+ * chunk's offset in the device.  Counts pages released and newly set.
  */
-static uint64_t
-store_zero_chunk (struct chunk *c, uint64_t coff, uint64_t n, bool to_end)
+static void
+store_zero_chunk (struct store *s, struct chunk *c, uint64_t base,
+                  uint64_t coff, uint64_t n,
+                  uint64_t *released, uint64_t *gained)
 {
-  uint64_t end = coff + n, p, q, released = 0;
+  uint64_t end = coff + n, p, q;
   uint64_t a = (coff + STORE_PAGE - 1) & ~(STORE_PAGE - 1);
-  uint64_t b = (to_end ? end + STORE_PAGE - 1 : end) & ~(STORE_PAGE - 1);
+  uint64_t b = (base + end == s->size ? end + STORE_PAGE - 1 : end)
+               & ~(STORE_PAGE - 1);
 
   store_page_span (coff, n, &p, &q);
   store_lock_pages (c, p, q);
   if (a >= b)
-    store_zero_partial (c, coff, end);
+    *gained += store_zero_partial (s, c, base, coff, end);
   else {
-    store_zero_partial (c, coff, a);
-    store_zero_partial (c, b, end);
-    released = store_release_pages (c, a >> STORE_PAGE_SHIFT,
-                                    b >> STORE_PAGE_SHIFT);
+    *gained += store_zero_partial (s, c, base, coff, a);
+    *gained += store_zero_partial (s, c, base, b, end);
+    *released += store_release_pages (c, a >> STORE_PAGE_SHIFT,
+                                      b >> STORE_PAGE_SHIFT);
   }
   store_unlock_pages (c, p, q);
-  return released;
 }
 
-/* Make [offset, offset+count) read as zeroes, releasing whole pages. */
+/* Pages a zero of [offset, offset+count) may newly set: in a clone, the
+ * partial pages at either end that still show their source (C3).
+ */
+static uint64_t
+store_zero_count (struct store *s, uint64_t count, uint64_t offset)
+{
+  uint64_t ends[2] = { offset, offset + count }, need = 0;
+
+  if (s->source == NULL || count == 0)
+    return 0;
+  for (int i = 0; i < 2; i++) {
+    uint64_t at = ends[i], p = at >> STORE_PAGE_SHIFT;
+    struct chunk *c = chunkdir_get (&s->dir, at >> s->chunk_shift);
+
+    if (at % STORE_PAGE == 0 || at >= s->size ||
+        (i == 1 && p == offset >> STORE_PAGE_SHIFT && need > 0))
+      continue;
+    if (c == NULL ||
+        store_page_class (c, p & ((1ULL << (s->chunk_shift - STORE_PAGE_SHIFT)) - 1))
+        == STORE_SOURCE)
+      need++;
+  }
+  return need;
+}
+
+/* Make [offset, offset+count) read as zeroes, releasing whole pages.
+ * Only in a clone can it need memory, and fail with ENOSPC (changing
+ * nothing) or ENOMEM.
+ */
 int
 store_zero (struct store *s, uint64_t count, uint64_t offset)
 {
-  uint64_t pos, end, released = 0;
+  uint64_t pos, end, need, released = 0, gained = 0;
+  int r = 0;
 
   if (store_check_range (s, count, offset) == -1)
+    return -1;
+  need = store_zero_count (s, count, offset);
+  if (store_reserve (s, need) == -1)
     return -1;
   for (pos = offset, end = offset + count; pos < end; ) {
     uint64_t idx = pos >> s->chunk_shift;
     uint64_t last = (end - 1) >> s->chunk_shift;
-    uint64_t next = chunkdir_next (&s->dir, idx, last + 1);
+    uint64_t next = store_next_chunk (s, idx, last + 1);
     uint64_t coff, n;
+    struct chunk *c;
 
-    if (next != idx) {                /* skip chunks never written */
+    if (next != idx) {      /* skip chunks that read as zeroes */
       pos = next > last ? end : next << s->chunk_shift;
       continue;
     }
     coff = pos & ((1ULL << s->chunk_shift) - 1);
     n = MIN (end - pos, (1ULL << s->chunk_shift) - coff);
-    released += store_zero_chunk (chunkdir_get (&s->dir, idx), coff, n,
-                                  pos + n == s->size);
+    c = chunkdir_get (&s->dir, idx);
+    if (c == NULL && (c = store_chunk_create (s, idx)) == NULL) {
+      r = -1;
+      break;
+    }
+    store_zero_chunk (s, c, idx << s->chunk_shift, coff, n,
+                      &released, &gained);
     pos += n;
   }
-  store_settle (s, 0, 0, released);
-  return 0;
+  store_settle (s, need, gained, released);
+  return r;
 }
 
 /* Extents waiting to be merged with their neighbours. */
@@ -710,17 +940,16 @@ store_extent_add (struct store_extent_acc *acc, uint64_t offset,
   return r;
 }
 
-/* Report [offset, offset+count) as a series of data and hole extents. */
-int
-store_extents (struct store *s, uint64_t count, uint64_t offset,
-               store_extent_fn fn, void *opaque)
+/* Add the extents of [offset, offset+count) of s to acc; a clone's
+ * pages that show their source add the source's extents.
+ */
+static int
+store_extents_add (struct store *s, uint64_t count, uint64_t offset,
+                   struct store_extent_acc *acc)
 {
-  struct store_extent_acc acc = { .fn = fn, .opaque = opaque };
   uint64_t pos, end;
   int r = 0;
 
-  if (store_check_range (s, count, offset) == -1)
-    return -1;
   for (pos = offset, end = offset + count; pos < end && r == 0; ) {
     uint64_t idx = pos >> s->chunk_shift;
     uint64_t last = (end - 1) >> s->chunk_shift;
@@ -730,7 +959,9 @@ store_extents (struct store *s, uint64_t count, uint64_t offset,
 
     if (next != idx) {
       uint64_t hole_end = next > last ? end : next << s->chunk_shift;
-      r = store_extent_add (&acc, pos, hole_end - pos, true);
+
+      r = s->source ? store_extents_add (s->source, hole_end - pos, pos, acc)
+                    : store_extent_add (acc, pos, hole_end - pos, true);
       pos = hole_end;
       continue;
     }
@@ -738,13 +969,30 @@ store_extents (struct store *s, uint64_t count, uint64_t offset,
     base = idx << s->chunk_shift;
     cend = MIN (end - base, 1ULL << s->chunk_shift);
     while (pos - base < cend && r == 0) {
-      bool set;
-      uint64_t run = store_run (c, pos - base, cend, &set);
+      enum store_class cls;
+      uint64_t run = store_run (c, pos - base, cend, &cls);
 
-      r = store_extent_add (&acc, pos, run - (pos - base), !set);
+      if (cls == STORE_SOURCE)
+        r = store_extents_add (s->source, base + run - pos, pos, acc);
+      else
+        r = store_extent_add (acc, pos, base + run - pos, cls == STORE_ZERO);
       pos = base + run;
     }
   }
+  return r;
+}
+
+/* Report [offset, offset+count) as a series of data and hole extents. */
+int
+store_extents (struct store *s, uint64_t count, uint64_t offset,
+               store_extent_fn fn, void *opaque)
+{
+  struct store_extent_acc acc = { .fn = fn, .opaque = opaque };
+  int r;
+
+  if (store_check_range (s, count, offset) == -1)
+    return -1;
+  r = store_extents_add (s, count, offset, &acc);
   if (r == 0 && acc.length > 0)
     r = fn (opaque, acc.offset, acc.length, acc.hole);
   return r < 0 ? -1 : 0;

@@ -29,6 +29,8 @@ struct store;
 
 extern struct store *store_create (uint64_t size, unsigned chunk_shift,
                                    struct store_limit *limit);
+extern struct store *store_create_clone (struct store *source,
+                                         struct store_limit *limit);
 extern void store_destroy (struct store *s);
 extern uint64_t store_size (const struct store *s);
 extern uint64_t store_allocated (const struct store *s);

@@ -16,6 +16,7 @@
 #define KiB ((uint64_t) 1 << 10)
 #define MiB ((uint64_t) 1 << 20)
 #define GiB ((uint64_t) 1 << 30)
+#define MIN64(a, b) ((a) < (b) ? (a) : (b))
 
 /* Deterministic byte pattern for offset off under seed. */
 static unsigned char
@@ -226,8 +227,8 @@ END_TEST
 /* Extents collected by collect_extent. */
 struct extent_list {
   size_t n;
-  uint64_t off[64], len[64];
-  bool hole[64];
+  uint64_t off[256], len[256];
+  bool hole[256];
 };
 
 /* store_extents callback appending to an extent_list. */
@@ -236,7 +237,7 @@ collect_extent (void *opaque, uint64_t offset, uint64_t length, bool hole)
 {
   struct extent_list *l = opaque;
 
-  ck_assert_uint_lt (l->n, 64);
+  ck_assert_uint_lt (l->n, 256);
   l->off[l->n] = offset;
   l->len[l->n] = length;
   l->hole[l->n] = hole;
@@ -788,6 +789,359 @@ START_TEST (test_race_memory_cap)
 }
 END_TEST
 
+/* A source store of size bytes with the pattern of seed in every other
+ * 64 KiB and holes between, as a read-only device holds an image.
+ */
+static struct store *
+make_source (uint64_t size, unsigned shift, unsigned seed)
+{
+  struct store *src = store_create (size, shift, NULL);
+  unsigned char *buf = malloc (64 * KiB);
+
+  for (uint64_t off = 0; off < size; off += 128 * KiB) {
+    uint64_t len = MIN64 (64 * KiB, size - off);
+    fill (buf, len, off, seed);
+    ck_assert_int_eq (store_write (src, buf, len, off), 0);
+  }
+  free (buf);
+  return src;
+}
+
+/* True if [off, off+len) of a and b read the same. */
+static bool
+same_bytes (struct store *a, struct store *b, uint64_t len, uint64_t off)
+{
+  unsigned char *x = malloc (len), *y = malloc (len);
+  bool r;
+
+  ck_assert_int_eq (store_read (a, x, len, off), 0);
+  ck_assert_int_eq (store_read (b, y, len, off), 0);
+  r = memcmp (x, y, len) == 0;
+  free (x);
+  free (y);
+  return r;
+}
+
+/* True if a and b report the same extents over the whole device. */
+static bool
+same_extents (struct store *a, struct store *b)
+{
+  struct extent_list la = { 0 }, lb = { 0 };
+
+  ck_assert_int_eq (store_extents (a, store_size (a), 0, collect_extent, &la), 0);
+  ck_assert_int_eq (store_extents (b, store_size (b), 0, collect_extent, &lb), 0);
+  return la.n == lb.n &&
+         memcmp (la.off, lb.off, la.n * sizeof la.off[0]) == 0 &&
+         memcmp (la.len, lb.len, la.n * sizeof la.len[0]) == 0 &&
+         memcmp (la.hole, lb.hole, la.n * sizeof la.hole[0]) == 0;
+}
+
+/* A fresh clone reads and maps exactly as its source, and holds nothing. */
+START_TEST (test_clone_view)
+{
+  struct store *src = make_source (4 * MiB + 1000, 20, 1);
+  struct store *c = store_create_clone (src, NULL);
+
+  ck_assert_ptr_nonnull (c);
+  ck_assert_uint_eq (store_size (c), store_size (src));
+  ck_assert (same_bytes (c, src, store_size (src), 0));
+  ck_assert (same_bytes (c, src, 5000, 65536 - 3));
+  ck_assert (same_extents (c, src));
+  ck_assert_uint_eq (store_allocated (c), 0);
+  ck_assert_uint_eq (store_chunks (c), 0);
+  store_destroy (c);
+  store_destroy (src);
+}
+END_TEST
+
+/* Writes copy only the pages they touch; the source never changes. */
+START_TEST (test_clone_write)
+{
+  struct store *src = make_source (4 * MiB, 20, 2);
+  struct store *ref = make_source (4 * MiB, 20, 2);
+  struct store *c = store_create_clone (src, NULL);
+  unsigned char buf[3 * 4096], out[3 * 4096], zero[4096] = { 0 };
+
+  /* 100 bytes inside a source page: that page is copied, whole. */
+  memset (buf, 0xab, 100);
+  ck_assert_int_eq (store_write (c, buf, 100, 4096 + 50), 0);
+  ck_assert_uint_eq (store_allocated (c), STORE_PAGE);
+  ck_assert_int_eq (store_read (c, out, 4096, 4096), 0);
+  ck_assert (holds (out, 50, 4096, 2));
+  ck_assert_int_eq (out[50], 0xab);
+  ck_assert (holds (out + 150, 4096 - 150, 4096 + 150, 2));
+  /* Across a page boundary and over a hole of the source. */
+  fill (buf, sizeof buf, 0, 9);
+  ck_assert_int_eq (store_write (c, buf, sizeof buf, 64 * KiB - 5000), 0);
+  ck_assert_int_eq (store_read (c, out, sizeof out, 64 * KiB - 5000), 0);
+  ck_assert (memcmp (out, buf, sizeof buf) == 0);
+  /* Zero data over a source page: it reads zeroes and holds nothing. */
+  ck_assert_int_eq (store_write (c, zero, 4096, 8192), 0);
+  ck_assert_int_eq (store_read (c, out, 4096, 8192), 0);
+  ck_assert (all_zero (out, 4096));
+  /* A partial zero write into a hole of the source stays a hole. */
+  uint64_t before = store_allocated (c);
+  ck_assert_int_eq (store_write (c, zero, 100, 100 * KiB), 0);
+  ck_assert_uint_eq (store_allocated (c), before);
+  /* The source is untouched, and the clone differs only where written. */
+  ck_assert (same_bytes (src, ref, 4 * MiB, 0));
+  ck_assert (same_bytes (c, src, 4096, 0));
+  ck_assert (same_bytes (c, src, 4 * MiB - 128 * KiB, 128 * KiB));
+  store_destroy (c);
+  store_destroy (ref);
+  store_destroy (src);
+}
+END_TEST
+
+/* Trim and zero in a clone read zeroes over source data, release the
+ * clone's pages, show as holes, and never touch the source.
+ */
+START_TEST (test_clone_trim)
+{
+  struct store *src = make_source (4 * MiB, 20, 3);
+  struct store *c = store_create_clone (src, NULL);
+  unsigned char buf[8192], out[8192];
+  struct extent_list l = { 0 };
+
+  /* Whole pages over source data: zeroes, no memory. */
+  ck_assert_int_eq (store_zero (c, 16 * KiB, 8 * KiB), 0);
+  ck_assert_int_eq (store_read (c, out, 8192, 8 * KiB), 0);
+  ck_assert (all_zero (out, 8192));
+  ck_assert_uint_eq (store_allocated (c), 0);
+  ck_assert_int_eq (store_extents (c, 64 * KiB, 0, collect_extent, &l), 0);
+  ck_assert_uint_eq (l.n, 3);
+  ck_assert (!l.hole[0]); ck_assert_uint_eq (l.len[0], 8 * KiB);
+  ck_assert (l.hole[1]);  ck_assert_uint_eq (l.len[1], 16 * KiB);
+  ck_assert (!l.hole[2]);
+  /* Part of a source page: that page becomes the clone's own. */
+  ck_assert_int_eq (store_zero (c, 100, 40 * KiB + 10), 0);
+  ck_assert_uint_eq (store_allocated (c), STORE_PAGE);
+  ck_assert_int_eq (store_read (c, out, 4096, 40 * KiB), 0);
+  ck_assert (holds (out, 10, 40 * KiB, 3));
+  ck_assert (all_zero (out + 10, 100));
+  ck_assert (holds (out + 110, 4096 - 110, 40 * KiB + 110, 3));
+  /* Written pages of the clone are released by a trim. */
+  fill (buf, sizeof buf, 0, 4);
+  ck_assert_int_eq (store_write (c, buf, sizeof buf, 200 * KiB), 0);
+  ck_assert_uint_eq (store_allocated (c), 3 * STORE_PAGE);
+  ck_assert_int_eq (store_zero (c, 4 * MiB - 192 * KiB, 192 * KiB), 0);
+  ck_assert_uint_eq (store_allocated (c), STORE_PAGE);
+  ck_assert_int_eq (store_read (c, out, 8192, 200 * KiB), 0);
+  ck_assert (all_zero (out, 8192));
+  /* Writing a trimmed page again: the rest of it stays zero. */
+  ck_assert_int_eq (store_write (c, "x", 1, 8 * KiB), 0);
+  ck_assert_int_eq (store_read (c, out, 4096, 8 * KiB), 0);
+  ck_assert_int_eq (out[0], 'x');
+  ck_assert (all_zero (out + 1, 4095));
+  /* The source is untouched. */
+  ck_assert_int_eq (store_read (src, out, 8192, 8 * KiB), 0);
+  ck_assert (holds (out, 8192, 8 * KiB, 3));
+  ck_assert_uint_eq (store_allocated (src), 2 * MiB);
+  store_destroy (c);
+  store_destroy (src);
+}
+END_TEST
+
+/* A clone of a clone reads through both; each level keeps its own. */
+START_TEST (test_clone_chain)
+{
+  struct store *src = make_source (2 * MiB, 16, 5);
+  struct store *mid = store_create_clone (src, NULL);
+  struct store *leaf, *ref = make_source (2 * MiB, 16, 5);
+  unsigned char buf[4096], out[4096];
+
+  fill (buf, sizeof buf, 0, 6);
+  ck_assert_int_eq (store_write (mid, buf, 4096, 0), 0);
+  ck_assert_int_eq (store_zero (mid, 4096, 4096), 0);
+  /* mid is read-only from here on. */
+  leaf = store_create_clone (mid, NULL);
+  ck_assert (same_bytes (leaf, mid, 2 * MiB, 0));
+  ck_assert (same_extents (leaf, mid));
+  ck_assert_int_eq (store_write (leaf, "L", 1, 4096 + 7), 0);
+  ck_assert_int_eq (store_read (leaf, out, 4096, 4096), 0);
+  ck_assert_int_eq (out[7], 'L');
+  out[7] = 0;
+  ck_assert (all_zero (out, 4096));
+  ck_assert_int_eq (store_read (leaf, out, 4096, 0), 0);
+  ck_assert (memcmp (out, buf, 4096) == 0);
+  ck_assert (same_bytes (leaf, src, 2 * MiB - 8192, 8192));
+  ck_assert (same_bytes (src, ref, 2 * MiB, 0));
+  ck_assert_uint_eq (store_allocated (leaf), STORE_PAGE);
+  store_destroy (leaf);
+  store_destroy (mid);
+  store_destroy (ref);
+  store_destroy (src);
+}
+END_TEST
+
+/* A clone's own pages count against the cap; a refused write or zero in
+ * a clone changes nothing.
+ */
+START_TEST (test_clone_enospc)
+{
+  struct store_limit limit = { .max = 4 * STORE_PAGE };
+  struct store *src = make_source (MiB, 16, 7);
+  struct store *c = store_create_clone (src, &limit);
+  unsigned char buf[5 * 4096], out[5 * 4096], before[5 * 4096];
+
+  fill (buf, sizeof buf, 0, 8);
+  ck_assert_int_eq (store_read (c, before, sizeof before, 0), 0);
+  errno = 0;
+  ck_assert_int_eq (store_write (c, buf, sizeof buf, 0), -1);
+  ck_assert_int_eq (errno, ENOSPC);
+  ck_assert_int_eq (store_read (c, out, sizeof out, 0), 0);
+  ck_assert (memcmp (out, before, sizeof out) == 0);
+  ck_assert_uint_eq (store_chunks (c), 0);
+  ck_assert_int_eq (store_write (c, buf, 4 * 4096, 0), 0);
+  ck_assert_uint_eq (atomic_load (&limit.used), 4 * STORE_PAGE);
+  /* A partial zero of a source page needs a page: refused whole. */
+  ck_assert_int_eq (store_zero (c, 3 * 4096, 4 * 4096 + 10), -1);
+  ck_assert_int_eq (errno, ENOSPC);
+  ck_assert_int_eq (store_read (c, out, 4096, 4 * 4096), 0);
+  ck_assert (holds (out, 4096, 4 * 4096, 7));
+  ck_assert_int_eq (store_read (c, out, 4096, 6 * 4096), 0);
+  ck_assert (holds (out, 4096, 6 * 4096, 7));
+  /* Whole-page zeroes need nothing and free the clone's pages. */
+  ck_assert_int_eq (store_zero (c, 8 * 4096, 0), 0);
+  ck_assert_uint_eq (atomic_load (&limit.used), 0);
+  /* Now a zero with two partial source pages fits, and keeps both. */
+  ck_assert_int_eq (store_zero (c, 3 * 4096, 12 * 4096 + 10), 0);
+  ck_assert_uint_eq (atomic_load (&limit.used), 2 * STORE_PAGE);
+  ck_assert_int_eq (store_read (c, out, 4096, 15 * 4096), 0);
+  ck_assert (all_zero (out, 10));
+  ck_assert (holds (out + 10, 4096 - 10, 15 * 4096 + 10, 7));
+  store_destroy (c);
+  ck_assert_uint_eq (atomic_load (&limit.used), 0);
+  store_destroy (src);
+}
+END_TEST
+
+/* Random writes, zeroes and reads on a clone of a random source, against
+ * flat references of both.
+ */
+START_TEST (test_clone_random_against_reference)
+{
+  const uint64_t size = 2 * MiB + 12345;
+  struct store *src = store_create (size, 16, NULL);
+  struct store *c;
+  unsigned char *ref = calloc (1, size), *sref = calloc (1, size);
+  unsigned char *buf = malloc (size);
+  unsigned seed = 777;
+
+  for (int i = 0; i < 60; i++) {
+    uint64_t off = rand_r (&seed) % size;
+    uint64_t len = MIN64 ((uint64_t) (1 + rand_r (&seed) % 50000), size - off);
+    fill (buf, len, off, 1000 + i);
+    ck_assert_int_eq (store_write (src, buf, len, off), 0);
+    memcpy (sref + off, buf, len);
+  }
+  memcpy (ref, sref, size);
+  c = store_create_clone (src, NULL);
+  for (int i = 0; i < 3000; i++) {
+    uint64_t off = rand_r (&seed) % size;
+    uint64_t len = 1 + rand_r (&seed) % (rand_r (&seed) % 4 ? 9000 : 300000);
+    if (len > size - off)
+      len = size - off;
+    switch (rand_r (&seed) % 4) {
+    case 0: case 1:
+      fill (buf, len, off, i);
+      if (rand_r (&seed) % 8 == 0)
+        memset (buf, 0, len);
+      ck_assert_int_eq (store_write (c, buf, len, off), 0);
+      memcpy (ref + off, buf, len);
+      break;
+    case 2:
+      ck_assert_int_eq (store_zero (c, len, off), 0);
+      memset (ref + off, 0, len);
+      break;
+    case 3:
+      ck_assert_int_eq (store_read (c, buf, len, off), 0);
+      ck_assert_msg (memcmp (buf, ref + off, len) == 0,
+                     "op %d: read of %" PRIu64 " at %" PRIu64, i, len, off);
+      break;
+    }
+  }
+  ck_assert_int_eq (store_read (c, buf, size, 0), 0);
+  ck_assert (memcmp (buf, ref, size) == 0);
+  ck_assert_int_eq (store_read (src, buf, size, 0), 0);
+  ck_assert (memcmp (buf, sref, size) == 0);
+  free (ref);
+  free (sref);
+  free (buf);
+  store_destroy (c);
+  store_destroy (src);
+}
+END_TEST
+
+/* What the clone read race does each round. */
+struct clone_plan {
+  struct store *c;
+  unsigned char *data;          /* RACE_WRITE bytes to write */
+  unsigned char *seen;          /* RACE_WRITE bytes read meanwhile */
+  bool trim;                    /* trim instead of write */
+};
+
+/* Racer: read the whole range while the main thread changes it. */
+static void
+clone_read (void *arg, unsigned round)
+{
+  struct clone_plan *pl = arg;
+
+  (void) round;
+  ck_assert_int_eq (store_read (pl->c, pl->seen, RACE_WRITE, 0), 0);
+}
+
+/* Write or trim the whole range of the clone. */
+static void
+clone_change (void *arg, unsigned round)
+{
+  struct clone_plan *pl = arg;
+
+  (void) round;
+  if (pl->trim)
+    ck_assert_int_eq (store_zero (pl->c, RACE_WRITE, 0), 0);
+  else
+    ck_assert_int_eq (store_write (pl->c, pl->data, RACE_WRITE, 0), 0);
+}
+
+/* Reads racing a clone's first write or trim of a page see, per page,
+ * the source's page or the new one: never zeroes for a write (C2).
+ */
+START_TEST (test_race_clone_reads)
+{
+  struct store *src = store_create (RACE_WRITE, 20, NULL);
+  struct clone_plan pl = { .data = malloc (RACE_WRITE), .seen = malloc (RACE_WRITE) };
+  struct racer t = { .op = clone_read, .arg = &pl };
+  unsigned char *orig = malloc (RACE_WRITE);
+  unsigned torn = 0;
+
+  fill (orig, RACE_WRITE, 0, 11);
+  fill (pl.data, RACE_WRITE, 0, 12);
+  ck_assert_int_eq (store_write (src, orig, RACE_WRITE, 0), 0);
+  ck_assert_int_eq (pthread_create (&t.thread, NULL, racer_run, &t), 0);
+  for (unsigned round = 1; round <= RACE_ROUNDS; round++) {
+    pl.c = store_create_clone (src, NULL);
+    pl.trim = round % 3 == 0;
+    race_round (&t, round, clone_change, &pl);
+    for (uint64_t off = 0; off < RACE_WRITE; off += STORE_PAGE) {
+      const unsigned char *page = pl.seen + off;
+      if (memcmp (page, orig + off, STORE_PAGE) != 0 &&
+          (pl.trim ? !all_zero (page, STORE_PAGE)
+                   : memcmp (page, pl.data + off, STORE_PAGE) != 0))
+        torn++;
+    }
+    store_destroy (pl.c);
+  }
+  pthread_join (t.thread, NULL);
+  ck_assert_msg (torn == 0, "%u pages read as neither the source nor the "
+                 "new content", torn);
+  store_destroy (src);
+  free (orig);
+  free (pl.data);
+  free (pl.seen);
+}
+END_TEST
+
 /* Build the suite. */
 static Suite *
 store_suite (void)
@@ -810,6 +1164,13 @@ store_suite (void)
   tcase_add_test (tc, test_threads_disjoint);
   tcase_add_test (tc, test_race_write_trim_stability);
   tcase_add_test (tc, test_race_memory_cap);
+  tcase_add_test (tc, test_clone_view);
+  tcase_add_test (tc, test_clone_write);
+  tcase_add_test (tc, test_clone_trim);
+  tcase_add_test (tc, test_clone_chain);
+  tcase_add_test (tc, test_clone_enospc);
+  tcase_add_test (tc, test_clone_random_against_reference);
+  tcase_add_test (tc, test_race_clone_reads);
   suite_add_tcase (s, tc);
   return s;
 }
