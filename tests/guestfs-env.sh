@@ -3,9 +3,10 @@
 #
 # Uses the direct backend (qemu run by libguestfs itself).  Whether KVM
 # works is decided by a quick probe, once per boot: /dev/kvm can exist
-# and still fail (qemu aborts with "failed to set MSR"), and then the
-# appliance must run under TCG (LIBGUESTFS_BACKEND_SETTINGS=force_tcg).
-# The answer is cached in /tmp/memblock-guestfs-accel.BOOT_ID.
+# and still fail (qemu aborts with "failed to set MSR", or the kernel
+# hangs as it starts), and then the appliance must run under TCG
+# (LIBGUESTFS_BACKEND_SETTINGS=force_tcg).
+# The answer is cached in /tmp/memblock-guestfs-accel2.BOOT_ID.
 # A caller's own LIBGUESTFS_BACKEND_SETTINGS is kept as it is.
 
 LIBGUESTFS_BACKEND=direct
@@ -17,18 +18,22 @@ LIBGUESTFS_CACHEDIR=${LIBGUESTFS_CACHEDIR:-${LIBGUESTFS_TMPDIR:-${TMPDIR:-/var/t
 LIBGUESTFS_TMPDIR=$tmp
 export LIBGUESTFS_CACHEDIR LIBGUESTFS_TMPDIR
 
-# guestfs_probe_accel: print "kvm" if qemu can start a KVM guest with the
-# CPU model libguestfs uses under KVM, else "tcg".
+# guestfs_probe_accel: print "kvm" if qemu can boot a Linux kernel under
+# KVM with the CPU model libguestfs uses there, else "tcg".  Creating the
+# vCPU is not enough: on some hosts KVM runs the BIOS and then hangs as
+# the kernel starts, so the probe boots /boot's kernel (no initrd: it
+# panics at once after printing its banner) and waits for the banner.
 guestfs_probe_accel() {
-    if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+    kernel=$(ls /boot/vmlinuz-* 2>/dev/null | tail -n 1)
+    if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ] || [ -z "$kernel" ]; then
         echo tcg
         return
     fi
-    # -S: create the vCPU (where a broken KVM aborts) but run nothing.
     # The subshell keeps the shell's "Aborted" notice out of the log.
-    if (echo quit | timeout 30 qemu-system-x86_64 -machine accel=kvm \
-            -cpu host -nodefaults -display none -S -monitor stdio) \
-            >/dev/null 2>&1; then
+    if (timeout 15 qemu-system-x86_64 -machine accel=kvm -cpu max,la57=off \
+            -m 256 -nodefaults -display none -no-reboot -serial stdio \
+            -kernel "$kernel" -append "console=ttyS0 panic=-1" </dev/null |
+        grep -a -q -m 1 'Linux version') >/dev/null 2>&1; then
         echo kvm
     else
         echo tcg
@@ -43,7 +48,7 @@ ls /boot/vmlinuz-* >/dev/null 2>&1 ||
     fail "no kernel in /boot for the libguestfs appliance (install linux-image-amd64)"
 
 _boot_id=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo unknown)
-_accel_cache=/tmp/memblock-guestfs-accel.$_boot_id
+_accel_cache=/tmp/memblock-guestfs-accel2.$_boot_id
 guestfs_accel=$(cat "$_accel_cache" 2>/dev/null || :)
 case "$guestfs_accel" in
     kvm|tcg) ;;
