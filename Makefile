@@ -23,7 +23,7 @@ MANDIR  ?= $(PREFIX)/share/man
 BUILD ?= build/plain
 
 STORE_SRCS  := plugin/store.c plugin/chunkdir.c plugin/arena.c
-PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c \
+PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c \
                plugin/registry.c $(STORE_SRCS)
 HEADERS     := $(wildcard plugin/*.h)
 UNIT_TESTS  := test-store

@@ -1,0 +1,216 @@
+/* memblock: loading a device from a raw image file.
+ *
+ * At start-up, before nbdkit accepts connections, a device declared
+ * with :file=PATH is filled from the file.  Only the file's data is
+ * read: SEEK_DATA/SEEK_HOLE skip its holes, and the store keeps all-zero
+ * pages as holes, so neither costs memory.  The file is read with large
+ * preads (from the page cache, usually) by a few threads, each taking
+ * every Nth stripe: the store takes writes in parallel without a lock.
+ * The file is read once; changing it later changes nothing.
+ */
+
+#define _GNU_SOURCE             /* SEEK_DATA, SEEK_HOLE */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-plugin.h>
+
+#include "image.h"
+
+#define IMAGE_STRIPE ((uint64_t) 64 << 20)   /* a thread's share at a time */
+#define IMAGE_READ ((size_t) 8 << 20)         /* bytes per pread */
+#define IMAGE_MAX_THREADS 4
+
+/* Open path for reading as an image; its size in *size.  Returns the
+ * descriptor, or -1 after logging a line starting with what.
+ */
+int
+image_open (const char *path, const char *what, uint64_t *size)
+{
+  struct stat st;
+  off_t end;
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+
+  if (fd == -1) {
+    nbdkit_error ("%s: cannot open the image: %m", what);
+    return -1;
+  }
+  if (fstat (fd, &st) == -1) {
+    nbdkit_error ("%s: fstat: %m", what);
+    close (fd);
+    return -1;
+  }
+  if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode)) {
+    nbdkit_error ("%s: the image is not a regular file or block device",
+                  what);
+    close (fd);
+    return -1;
+  }
+  end = lseek (fd, 0, SEEK_END);
+  if (end == -1) {
+    nbdkit_error ("%s: lseek: %m", what);
+    close (fd);
+    return -1;
+  }
+  posix_fadvise (fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  *size = end;
+  return fd;
+}
+
+/* What the loading threads share. */
+struct image_job {
+  int fd;
+  struct store *s;
+  uint64_t size;                /* bytes of the file */
+  unsigned nthreads;
+  _Atomic uint64_t data;        /* bytes of data read */
+  _Atomic bool failed;
+  int err;                      /* errno of the first failure */
+  pthread_mutex_t err_lock;
+};
+
+/* Record a failure (the first errno wins). */
+static void
+image_fail (struct image_job *j, int err)
+{
+  pthread_mutex_lock (&j->err_lock);
+  if (!j->failed)
+    j->err = err;
+  j->failed = true;
+  pthread_mutex_unlock (&j->err_lock);
+}
+
+/* Copy the data of [from, to) of the file into the store. */
+static int
+image_copy (struct image_job *j, unsigned char *buf, uint64_t from,
+            uint64_t to)
+{
+  while (from < to) {
+    off_t data = lseek (j->fd, from, SEEK_DATA), hole;
+
+    if (data == -1 && errno == ENXIO)   /* no data after from */
+      return 0;
+    if (data == -1)
+      return -1;
+    if ((uint64_t) data >= to)
+      return 0;
+    hole = lseek (j->fd, data, SEEK_HOLE);
+    if (hole == -1)
+      return -1;
+    if ((uint64_t) hole > to)
+      hole = to;
+    for (from = data; from < (uint64_t) hole && !j->failed; ) {
+      size_t n = (uint64_t) hole - from < IMAGE_READ ? hole - from : IMAGE_READ;
+      ssize_t r = pread (j->fd, buf, n, from);
+
+      if (r == -1 && errno == EINTR)
+        continue;
+      if (r == -1)
+        return -1;
+      if (r == 0) {                     /* the file shrank under us */
+        errno = EIO;
+        return -1;
+      }
+      if (store_write (j->s, buf, r, from) == -1)
+        return -1;
+      from += r;
+      j->data += r;
+    }
+    if (j->failed)
+      return 0;
+  }
+  return 0;
+}
+
+/* A loading thread: stripes first, first + nthreads, ... */
+static void *
+image_thread (void *arg)
+{
+  struct image_job *j = ((void **) arg)[0];
+  unsigned first = (uintptr_t) ((void **) arg)[1];
+  unsigned char *buf = malloc (IMAGE_READ);
+
+  if (buf == NULL) {
+    image_fail (j, errno);
+    return NULL;
+  }
+  for (uint64_t stripe = first; stripe * IMAGE_STRIPE < j->size && !j->failed;
+       stripe += j->nthreads) {
+    uint64_t from = stripe * IMAGE_STRIPE;
+    uint64_t to = from + IMAGE_STRIPE < j->size ? from + IMAGE_STRIPE : j->size;
+
+    if (image_copy (j, buf, from, to) == -1)
+      image_fail (j, errno);
+  }
+  free (buf);
+  return NULL;
+}
+
+/* Seconds since start. */
+static double
+image_elapsed (const struct timespec *start)
+{
+  struct timespec now;
+
+  clock_gettime (CLOCK_MONOTONIC, &now);
+  return (now.tv_sec - start->tv_sec) + (now.tv_nsec - start->tv_nsec) / 1e9;
+}
+
+/* Fill store s from the image open on fd (closed here); 0, or -1 after
+ * logging a line starting with what.
+ */
+int
+image_load (int fd, struct store *s, const char *what)
+{
+  struct image_job j = { .fd = fd, .s = s };
+  pthread_t threads[IMAGE_MAX_THREADS];
+  void *args[IMAGE_MAX_THREADS][2];
+  struct timespec start;
+  long cpus = sysconf (_SC_NPROCESSORS_ONLN);
+  unsigned i, started = 0;
+  off_t end = lseek (fd, 0, SEEK_END);
+
+  clock_gettime (CLOCK_MONOTONIC, &start);
+  j.size = end > 0 ? end : 0;
+  j.nthreads = cpus < 1 ? 1 : cpus > IMAGE_MAX_THREADS ? IMAGE_MAX_THREADS : cpus;
+  if ((j.size + IMAGE_STRIPE - 1) / IMAGE_STRIPE < j.nthreads)
+    j.nthreads = (j.size + IMAGE_STRIPE - 1) / IMAGE_STRIPE;
+  pthread_mutex_init (&j.err_lock, NULL);
+  for (i = 0; i < j.nthreads; i++) {
+    args[i][0] = &j;
+    args[i][1] = (void *) (uintptr_t) i;
+    errno = pthread_create (&threads[i], NULL, image_thread, args[i]);
+    if (errno != 0) {
+      image_fail (&j, errno);
+      break;
+    }
+    started++;
+  }
+  for (i = 0; i < started; i++)
+    pthread_join (threads[i], NULL);
+  pthread_mutex_destroy (&j.err_lock);
+  close (fd);
+  if (j.failed) {
+    errno = j.err;
+    if (j.err == ENOSPC)
+      nbdkit_error ("%s: the image's data does not fit under max-memory "
+                    "(%" PRIu64 " bytes loaded when it ran out)", what,
+                    (uint64_t) j.data);
+    else
+      nbdkit_error ("%s: loading the image: %m", what);
+    return -1;
+  }
+  nbdkit_debug ("%s: loaded %" PRIu64 " bytes of data from a %" PRIu64
+                "-byte image into %" PRIu64 " bytes of memory in %.3f s",
+                what, (uint64_t) j.data, j.size, store_allocated (s),
+                image_elapsed (&start));
+  return 0;
+}
