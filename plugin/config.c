@@ -58,12 +58,14 @@ config_add_device (const char *value)
   for (i = 0; i < config.ndevices; i++) {
     if (strcmp (config.devices[i].name, c.name) == 0) {
       nbdkit_error ("name=%s: device '%s' is declared twice", value, c.name);
+      connect_free (&c);
       return -1;
     }
   }
   n = realloc (config.devices, (config.ndevices + 1) * sizeof *n);
   if (n == NULL) {
     nbdkit_error ("realloc: %m");
+    connect_free (&c);
     return -1;
   }
   config.devices = n;
@@ -155,6 +157,10 @@ config_complete (void)
 void
 config_free (void)
 {
+  size_t i;
+
+  for (i = 0; i < config.ndevices; i++)
+    connect_free (&config.devices[i]);
   free (config.devices);
   config.devices = NULL;
   config.ndevices = 0;

@@ -31,7 +31,8 @@ extern int config_complete (void);
 extern void config_free (void);
 
 #define CONFIG_HELP \
-  "name=NAME[:ro|:rw][:size=SIZE]  Declare a device (repeatable; default disk0).\n" \
+  "name=NAME[:ro|:rw][:size=SIZE][:from=SOURCE][:temp][:file=PATH]\n" \
+  "                                Declare a device (repeatable; default disk0).\n" \
   "size=SIZE                       Default device size (default 16M).\n" \
   "chunk-size=SIZE                 Allocation chunk, power of 2, 4K..1G (default 16M).\n" \
   "max-memory=SIZE                 Cap on data held by all devices (default none).\n" \

@@ -1,4 +1,5 @@
-/* memblock: connect strings, NAME[:ro|:rw][:size=SIZE].
+/* memblock: connect strings,
+ * NAME[:ro|:rw][:size=SIZE][:from=SOURCE][:temp][:file=PATH].
  *
  * The same grammar names devices on the command line (name=...) and
  * selects them from a client (the NBD export name):
@@ -7,6 +8,11 @@
  *                 no '/' and no ':'
  *   :ro / :rw     read-only or read-write (at most one of them, once)
  *   :size=SIZE    device size, with nbdkit_parse_size suffixes
+ *   :from=SOURCE  a copy-on-write clone of device SOURCE (a NAME)
+ *   :temp         freed when its last connection closes
+ *   :file=PATH    command line only: load a raw image at start-up; it
+ *                 comes last and takes the rest of the string, so PATH
+ *                 may hold ':'
  *
  * Export names arrive from the network, so every message about one
  * quotes it through connect_quote: escaped and cut short.
@@ -14,12 +20,18 @@
 
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
 #include "connect.h"
+
+static int connect_option_size (const char *opt, size_t len, const char *what,
+                                struct connect *c);
+static int connect_file (const char *path, enum connect_origin origin,
+                         const char *what, struct connect *c);
 
 /* Printable, length-limited form of untrusted s for log messages. */
 const char *
@@ -107,6 +119,33 @@ static int
 connect_option (const char *opt, size_t len, const char *what,
                 struct connect *c)
 {
+  if (len == 4 && strncmp (opt, "temp", 4) == 0) {
+    if (c->temp) {
+      nbdkit_error ("%s: ':temp' given twice", what);
+      return -1;
+    }
+    c->temp = true;
+    return 0;
+  }
+  if (len > 5 && strncmp (opt, "from=", 5) == 0) {
+    if (c->from[0]) {
+      nbdkit_error ("%s: ':from=' given twice", what);
+      return -1;
+    }
+    if (connect_check_name (opt + 5, len - 5, what) == -1)
+      return -1;
+    memcpy (c->from, opt + 5, len - 5);
+    c->from[len - 5] = '\0';
+    return 0;
+  }
+  return connect_option_size (opt, len, what, c);
+}
+
+/* Apply :ro, :rw or :size= to c; -1 if bad or unknown. */
+static int
+connect_option_size (const char *opt, size_t len, const char *what,
+                     struct connect *c)
+{
   char buf[CONNECT_QUOTE_MAX], value[64];
   int ro;
 
@@ -145,7 +184,8 @@ connect_option (const char *opt, size_t len, const char *what,
     return 0;
   }
   snprintf (value, sizeof value, "%.*s", (int) (len < 40 ? len : 40), opt);
-  nbdkit_error ("%s: unknown option '%s' (expected ro, rw or size=SIZE)",
+  nbdkit_error ("%s: unknown option '%s' (expected ro, rw, size=SIZE, "
+                "from=SOURCE, temp or file=PATH)",
                 what, connect_quote (value, buf, sizeof buf));
   return -1;
 }
@@ -164,18 +204,63 @@ connect_parse (const char *str, enum connect_origin origin, struct connect *c)
   else
     snprintf (what, sizeof what, "export '%s'", quoted);
 
-  c->readonly = -1;
-  c->size = -1;
+  *c = (struct connect) { .readonly = -1, .size = -1 };
   if (connect_check_name (str, len, what) == -1)
     return -1;
   memcpy (c->name, str, len);
   c->name[len] = '\0';
   while (colon) {
     const char *opt = colon + 1;
+
+    if (strncmp (opt, "file=", 5) == 0) {
+      if (connect_file (opt + 5, origin, what, c) == -1)
+        return -1;
+      break;                    /* the path takes the rest */
+    }
     colon = strchr (opt, ':');
     len = colon ? (size_t) (colon - opt) : strlen (opt);
     if (connect_option (opt, len, what, c) == -1)
       return -1;
   }
+  if (c->from[0] && c->size != -1) {
+    nbdkit_error ("%s: ':size=' cannot go with ':from=' (a clone has its "
+                  "source's size)", what);
+    connect_free (c);
+    return -1;
+  }
+  if (c->from[0] && c->file) {
+    nbdkit_error ("%s: ':from=' and ':file=' cannot go together", what);
+    connect_free (c);
+    return -1;
+  }
   return 0;
+}
+
+/* Take PATH of :file=PATH, the rest of the string; -1 if bad. */
+static int
+connect_file (const char *path, enum connect_origin origin, const char *what,
+              struct connect *c)
+{
+  if (origin == CONNECT_CLIENT) {
+    nbdkit_error ("%s: ':file=' is for the command line only", what);
+    return -1;
+  }
+  if (*path == '\0') {
+    nbdkit_error ("%s: ':file=' needs a path", what);
+    return -1;
+  }
+  c->file = strdup (path);
+  if (c->file == NULL) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
+  return 0;
+}
+
+/* Free what connect_parse allocated in c. */
+void
+connect_free (struct connect *c)
+{
+  free (c->file);
+  c->file = NULL;
 }

@@ -1,7 +1,10 @@
-/* memblock: connect strings, NAME[:ro|:rw][:size=SIZE]. */
+/* memblock: connect strings,
+ * NAME[:ro|:rw][:size=SIZE][:from=SOURCE][:temp][:file=PATH].
+ */
 #ifndef MEMBLOCK_CONNECT_H
 #define MEMBLOCK_CONNECT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -17,10 +20,14 @@ struct connect {
   char name[CONNECT_NAME_MAX + 1];
   int readonly;                 /* -1 not given, 0 :rw, 1 :ro */
   int64_t size;                 /* -1 not given */
+  char from[CONNECT_NAME_MAX + 1];  /* source of a clone; "" if none */
+  bool temp;                    /* freed when its last connection closes */
+  char *file;                   /* image to load (config only), or NULL */
 };
 
 extern int connect_parse (const char *str, enum connect_origin origin,
                           struct connect *c);
+extern void connect_free (struct connect *c);
 extern const char *connect_quote (const char *s, char *buf, size_t len);
 
 /* Enough room for connect_quote of any string. */

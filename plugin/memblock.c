@@ -95,13 +95,13 @@ memblock_list_exports (int readonly, int is_tls,
   return registry_list (memblock_add_export, &l);
 }
 
-/* The .default_export callback: the first declared device. */
+/* The .default_export callback: the first device in the table. */
 static const char *
 memblock_default_export (int readonly, int is_tls)
 {
   (void) readonly;
   (void) is_tls;
-  return registry_default ()->name;
+  return registry_default_name ();
 }
 
 /* The .open callback: pick the device named by the export name. */
@@ -113,20 +113,22 @@ memblock_open (int readonly)
   struct device *dev;
   struct handle *h;
 
-  if (name == NULL || *name == '\0')
-    dev = registry_default ();
-  else if (connect_parse (name, CONNECT_CLIENT, &req) == -1 ||
-           (dev = registry_open (&req)) == NULL)
+  if (name != NULL && *name != '\0' &&
+      connect_parse (name, CONNECT_CLIENT, &req) == -1)
+    return NULL;
+  if ((dev = registry_open (&req)) == NULL)
     return NULL;
   if (req.readonly == 0 && (readonly || dev->readonly)) {
     nbdkit_error ("export '%s:rw': %s is read-only", dev->label,
                   dev->readonly ? "the device" : "the server (-r)");
+    registry_close (dev);
     return NULL;
   }
 
   h = malloc (sizeof *h);
   if (h == NULL) {
     nbdkit_error ("malloc: %m");
+    registry_close (dev);
     return NULL;
   }
   h->dev = dev;
@@ -135,11 +137,14 @@ memblock_open (int readonly)
   return h;
 }
 
-/* The .close callback. */
+/* The .close callback: a :temp device may go with its last connection. */
 static void
 memblock_close (void *handle)
 {
-  free (handle);
+  struct handle *h = handle;
+
+  registry_close (h->dev);
+  free (h);
 }
 
 /* The .export_description callback. */

@@ -1,11 +1,19 @@
 /* memblock: the process-wide table of named devices.
  *
  * Devices are created at start-up from the name= parameters and, with
- * dynamic=true, by the first client that asks for a new name.  They are
- * never removed while nbdkit runs: the same name always gives the same
- * data, and a connection's device pointer stays valid without locking.
- * The table lock is taken only to look up or add a device (at connect
- * time), never on the data path.
+ * dynamic=true, by the first client that asks for a new name.  The same
+ * name always gives the same data.  A device stays until the plugin is
+ * unloaded, except a :temp one, which goes (with its memory) when its
+ * last connection closes and no clone of it is left; then its name is
+ * free again.  A clone counts as a user of its source, so a source is
+ * never freed under a clone.
+ *
+ * The table lock guards the table and every device's opens and clones
+ * counts.  It is taken only at connect and disconnect time (and to list
+ * exports), never on the data path: a connection holds a count on its
+ * device, so its device pointer stays valid without locking.  A connect
+ * racing the last close of a temp device either finds it (and its count
+ * keeps it alive) or finds it gone and makes a fresh one.
  */
 
 #include <errno.h>
@@ -14,11 +22,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
 #include "config.h"
+#include "image.h"
 #include "registry.h"
 
 struct store_limit registry_limit;
@@ -27,11 +37,14 @@ static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct device **registry_devices;  /* config.max_devices slots */
 static size_t registry_count;
 
+static const char registry_units[][4] = {
+  "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"
+};
+
 /* Human form of a size: "16 MiB" when exact, else "1000 bytes". */
 void
 registry_format_size (uint64_t size, char *buf, size_t len)
 {
-  static const char units[][4] = { "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
   int u = -1;
 
   while (u < 5 && size >= 1024 && size % 1024 == 0) {
@@ -41,23 +54,64 @@ registry_format_size (uint64_t size, char *buf, size_t len)
   if (u < 0)
     snprintf (buf, len, "%" PRIu64 " bytes", size);
   else
-    snprintf (buf, len, "%" PRIu64 " %s", size, units[u]);
+    snprintf (buf, len, "%" PRIu64 " %s", size, registry_units[u]);
 }
 
-/* Describe dev as seen read-only or not: "16 MiB, read-write". */
+/* Human form of an amount of memory: "14 MiB", "1.3 GiB". */
+static void
+registry_format_amount (uint64_t bytes, char *buf, size_t len)
+{
+  int u = -1;
+  double v = bytes;
+
+  while (u < 5 && v >= 1024) {
+    v /= 1024;
+    u++;
+  }
+  if (u < 0)
+    snprintf (buf, len, "%" PRIu64 " bytes", bytes);
+  else if (bytes % ((uint64_t) 1024 << (10 * u)) == 0)
+    snprintf (buf, len, "%.0f %s", v, registry_units[u]);
+  else
+    snprintf (buf, len, "%.1f %s", v, registry_units[u]);
+}
+
+/* Describe dev as seen read-only or not:
+ * "2 GiB, read-write, clone of golden, 14 MiB in memory".
+ */
 void
 registry_describe (const struct device *dev, bool readonly,
                    char *buf, size_t len)
 {
-  char human[32];
+  char human[32], held[32];
 
   registry_format_size (store_size (dev->store), human, sizeof human);
-  snprintf (buf, len, "%s, %s", human, readonly ? "read-only" : "read-write");
+  registry_format_amount (store_allocated (dev->store), held, sizeof held);
+  snprintf (buf, len, "%s, %s%s%s%s, %s in memory", human,
+            readonly ? "read-only" : "read-write",
+            dev->source ? ", clone of " : "",
+            dev->source ? dev->source->name : "",
+            dev->temp ? ", temporary" : "", held);
 }
 
-/* Create a device and add it to the table; caller holds the lock. */
+/* Find the device with this name; caller holds the lock. */
 static struct device *
-registry_add (const char *name, uint64_t size, bool readonly)
+registry_find (const char *name)
+{
+  size_t i;
+
+  for (i = 0; i < registry_count; i++)
+    if (strcmp (registry_devices[i]->name, name) == 0)
+      return registry_devices[i];
+  return NULL;
+}
+
+/* Create a device (a clone of source if not NULL) and add it to the
+ * table; caller holds the lock.  NULL after logging why.
+ */
+static struct device *
+registry_add (const char *name, uint64_t size, bool readonly, bool temp,
+              struct device *source)
 {
   struct device *dev;
   char quoted[CONNECT_QUOTE_MAX];
@@ -77,44 +131,182 @@ registry_add (const char *name, uint64_t size, bool readonly)
   strcpy (dev->name, name);
   strcpy (dev->label, quoted);
   dev->readonly = readonly;
-  dev->store = store_create (size, config.chunk_shift, &registry_limit);
+  dev->temp = temp;
+  dev->source = source;
+  dev->store = source
+    ? store_create_clone (source->store, &registry_limit)
+    : store_create (size, config.chunk_shift, &registry_limit);
   if (dev->store == NULL) {
     nbdkit_error ("cannot create device '%s': %m", quoted);
     free (dev);
     return NULL;
   }
+  if (source)
+    source->clones++;
   registry_devices[registry_count++] = dev;
   return dev;
 }
 
-/* Create the declared devices (the .get_ready callback's work). */
+/* Take dev out of the table and free it; caller holds the lock. */
+static void
+registry_remove (struct device *dev)
+{
+  size_t i;
+
+  for (i = 0; i < registry_count && registry_devices[i] != dev; i++)
+    ;
+  memmove (&registry_devices[i], &registry_devices[i + 1],
+           (registry_count - i - 1) * sizeof *registry_devices);
+  registry_count--;
+  if (dev->source)
+    dev->source->clones--;
+  store_destroy (dev->store);
+  free (dev);
+}
+
+/* Whether the source chain from c reaches a device being declared
+ * again: print the cycle into buf if so.
+ */
+static bool
+registry_cycle (const struct connect *c, char *buf, size_t len)
+{
+  const struct connect *at = c;
+  size_t o = 0, steps;
+
+  for (steps = 0; steps <= config.ndevices; steps++) {
+    const struct connect *next = NULL;
+
+    o += snprintf (buf + o, o < len ? len - o : 0, "%s%s",
+                   steps ? " -> " : "", at->name);
+    for (size_t i = 0; i < config.ndevices && at->from[0]; i++)
+      if (strcmp (config.devices[i].name, at->from) == 0)
+        next = &config.devices[i];
+    if (next == NULL)
+      return false;
+    if (next == c) {
+      snprintf (buf + o, o < len ? len - o : 0, " -> %s", c->name);
+      return true;
+    }
+    at = next;
+  }
+  return false;
+}
+
+/* Create declared device c if its source (if any) exists: 1 if made,
+ * 0 if its source is not made yet, -1 after logging an error.
+ */
+static int
+registry_declare (const struct connect *c)
+{
+  char what[CONNECT_NAME_MAX + 16];
+  struct device *src = NULL, *dev;
+  uint64_t size = c->size == -1 ? config.size : (uint64_t) c->size;
+  int fd = -1;
+
+  snprintf (what, sizeof what, "name=%s", c->name);
+  if (c->from[0]) {
+    if ((src = registry_find (c->from)) == NULL)
+      return 0;
+    if (!src->readonly) {
+      nbdkit_error ("%s: from=%s: the source of a clone must be read-only "
+                    "(declare it name=%s:ro)", what, c->from, c->from);
+      return -1;
+    }
+  }
+  if (c->file) {
+    uint64_t file_size;
+
+    if ((fd = image_open (c->file, what, &file_size)) == -1)
+      return -1;
+    if (c->size != -1 && file_size > size) {
+      nbdkit_error ("%s: the image (%" PRIu64 " bytes) is larger than "
+                    ":size=%" PRIu64, what, file_size, size);
+      close (fd);
+      return -1;
+    }
+    if (c->size == -1)
+      size = file_size;
+  }
+  dev = registry_add (c->name, size, c->readonly == 1, c->temp, src);
+  if (dev == NULL) {
+    if (fd != -1)
+      close (fd);
+    return -1;
+  }
+  return fd == -1 || image_load (fd, dev->store, what) == 0 ? 1 : -1;
+}
+
+/* Create the declared devices (the .get_ready callback's work): sources
+ * before their clones, then the table in the order of declaration.
+ */
 int
 registry_init (void)
 {
-  size_t i;
+  struct device **made;
+  size_t i, left = config.ndevices;
+  char cycle[512];
 
   registry_limit.max = config.max_memory;
   registry_devices = calloc (config.max_devices, sizeof *registry_devices);
-  if (registry_devices == NULL) {
+  made = calloc (config.ndevices, sizeof *made);
+  if (registry_devices == NULL || made == NULL) {
     nbdkit_error ("calloc: %m");
+    free (made);
     return -1;
   }
-  for (i = 0; i < config.ndevices; i++) {
-    const struct connect *c = &config.devices[i];
-    if (registry_add (c->name, c->size == -1 ? config.size : (uint64_t) c->size,
-                      c->readonly == 1) == NULL)
-      return -1;
+  while (left > 0) {
+    size_t before = left;
+
+    for (i = 0; i < config.ndevices; i++) {
+      int r;
+
+      if (made[i])
+        continue;
+      if ((r = registry_declare (&config.devices[i])) == -1) {
+        free (made);
+        return -1;
+      }
+      if (r == 1) {
+        made[i] = registry_devices[registry_count - 1];
+        left--;
+      }
+    }
+    if (left == before)
+      break;
   }
+  for (i = 0; i < config.ndevices && left > 0; i++) {
+    const struct connect *c = &config.devices[i];
+
+    if (made[i])
+      continue;
+    if (registry_cycle (c, cycle, sizeof cycle))
+      nbdkit_error ("name=%s: from=%s: clones cannot form a cycle (%s)",
+                    c->name, c->from, cycle);
+    else if (registry_find (c->from) == NULL)
+      nbdkit_error ("name=%s: from=%s: no such device (declare it with "
+                    "name=%s:ro)", c->name, c->from, c->from);
+    free (made);
+    return -1;
+  }
+  memcpy (registry_devices, made, config.ndevices * sizeof *made);
+  free (made);
   return 0;
 }
 
-/* Destroy every device. */
+/* Destroy every device, saying in the debug log what each held. */
 void
 registry_free (void)
 {
+  char description[REGISTRY_DESCRIPTION_MAX];
   size_t i;
 
   for (i = 0; i < registry_count; i++) {
+    registry_describe (registry_devices[i], registry_devices[i]->readonly,
+                       description, sizeof description);
+    nbdkit_debug ("device %s: %s", registry_devices[i]->label, description);
+  }
+  /* Clones first: nothing reads a source any more, but keep the order. */
+  for (i = registry_count; i-- > 0; ) {
     store_destroy (registry_devices[i]->store);
     free (registry_devices[i]);
   }
@@ -123,29 +315,53 @@ registry_free (void)
   registry_count = 0;
 }
 
-/* The first declared device: what the export name "" gives. */
-struct device *
-registry_default (void)
+/* The name of the first device in the table: what the export name ""
+ * gives; NULL if there is none (all were temporary and have gone).
+ */
+const char *
+registry_default_name (void)
 {
-  return registry_devices[0];
+  const char *name = NULL;
+
+  pthread_mutex_lock (&registry_lock);
+  if (registry_count > 0)
+    name = nbdkit_strdup_intern (registry_devices[0]->name);
+  else
+    nbdkit_error ("no device is left to be the default export");
+  pthread_mutex_unlock (&registry_lock);
+  return name;
 }
 
-/* Find the device with this name; caller holds the lock. */
+/* Create the device a client asks for with dynamic=true: a clone if
+ * req says from=; caller holds the lock.  NULL after logging why.
+ */
 static struct device *
-registry_find (const char *name)
+registry_create (const struct connect *req, const char *quoted)
 {
-  size_t i;
+  struct device *src;
 
-  for (i = 0; i < registry_count; i++)
-    if (strcmp (registry_devices[i]->name, name) == 0)
-      return registry_devices[i];
-  return NULL;
+  if (req->from[0] == '\0')
+    return registry_add (req->name,
+                         req->size == -1 ? config.size : (uint64_t) req->size,
+                         false, req->temp, NULL);
+  src = registry_find (req->from);
+  if (src == NULL || !src->readonly) {
+    char from[CONNECT_QUOTE_MAX];
+
+    nbdkit_error ("export '%s': from=%s: %s", quoted,
+                  connect_quote (req->from, from, sizeof from),
+                  src ? "the source of a clone must be a read-only device"
+                      : "no such device");
+    return NULL;
+  }
+  return registry_add (req->name, 0, false, req->temp, src);
 }
 
-/* The device a client's parsed export name asks for, creating it when
- * dynamic=true; NULL after logging why it is refused.  Names are valid
- * UTF-8 by now, but are quoted in the log all the same: a client could
- * still send characters such as U+2028 or U+202E.
+/* The device a client's parsed export name asks for (the first device
+ * for an empty name), creating it when dynamic=true, and counted as open
+ * until registry_close; NULL after logging why it is refused.  Names are
+ * valid UTF-8 by now, but are quoted in the log all the same: a client
+ * could still send characters such as U+2028 or U+202E.
  */
 struct device *
 registry_open (const struct connect *req)
@@ -168,22 +384,50 @@ registry_open (const struct connect *req)
   }
 
   pthread_mutex_lock (&registry_lock);
-  dev = registry_find (req->name);
-  if (dev == NULL && config.dynamic)
-    dev = registry_add (req->name,
-                        req->size == -1 ? config.size : (uint64_t) req->size,
-                        false);
+  if (req->name[0] == '\0')
+    dev = registry_count > 0 ? registry_devices[0] : NULL;
+  else
+    dev = registry_find (req->name);
+  if (dev == NULL && config.dynamic && req->name[0])
+    dev = registry_create (req, quoted);
   else if (dev == NULL)
     nbdkit_error ("export '%s': no such device (declare it with name=, "
                   "or use dynamic=true)", quoted);
+  else if (req->from[0] &&
+           (dev->source == NULL || strcmp (dev->source->name, req->from))) {
+    nbdkit_error ("export '%s': the device exists and is not a clone of "
+                  "that source", dev->label);
+    dev = NULL;
+  }
   else if (req->size != -1 && (uint64_t) req->size != store_size (dev->store)) {
     nbdkit_error ("export '%s': the device exists with size %" PRIu64
                   ", not %" PRIi64, dev->label, store_size (dev->store),
                   req->size);
     dev = NULL;
   }
+  if (dev)
+    dev->opens++;
   pthread_mutex_unlock (&registry_lock);
   return dev;
+}
+
+/* A connection to dev has closed: free dev, and then its sources, while
+ * they are temporary and nothing uses them.
+ */
+void
+registry_close (struct device *dev)
+{
+  pthread_mutex_lock (&registry_lock);
+  dev->opens--;
+  while (dev && dev->temp && dev->opens == 0 && dev->clones == 0) {
+    struct device *source = dev->source;
+
+    nbdkit_debug ("device %s: freed (temporary, no connection left)",
+                  dev->label);
+    registry_remove (dev);
+    dev = source;
+  }
+  pthread_mutex_unlock (&registry_lock);
 }
 
 /* Call fn on each device in order, stopping at the first -1. */

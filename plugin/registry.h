@@ -8,23 +8,31 @@
 #include "connect.h"
 #include "store.h"
 
-/* A device lives from creation until registry_free (plugin unload). */
+/* A device lives from its creation until registry_free (plugin
+ * unload), or, if temp, until its last connection closes and it has no
+ * clones left.  The counts are guarded by the registry's lock.
+ */
 struct device {
   char name[CONNECT_NAME_MAX + 1];
   char label[CONNECT_QUOTE_MAX];  /* name as quoted for log messages */
   bool readonly;
+  bool temp;                    /* freed when nothing uses it any more */
+  struct device *source;        /* a clone's source, else NULL */
   struct store *store;
+  unsigned opens;               /* connections open on it */
+  unsigned clones;              /* devices whose source it is */
 };
 
-/* Room for registry_describe's "16 MiB, read-write". */
-#define REGISTRY_DESCRIPTION_MAX 64
+/* Room for registry_describe's longest description. */
+#define REGISTRY_DESCRIPTION_MAX (CONNECT_NAME_MAX + 128)
 
 extern struct store_limit registry_limit;
 
 extern int registry_init (void);
 extern void registry_free (void);
-extern struct device *registry_default (void);
+extern const char *registry_default_name (void);
 extern struct device *registry_open (const struct connect *req);
+extern void registry_close (struct device *dev);
 extern int registry_list (int (*fn) (void *opaque, const struct device *dev),
                           void *opaque);
 extern void registry_format_size (uint64_t size, char *buf, size_t len);

@@ -4,7 +4,8 @@
 # Proves that:
 #  - nbdinfo --list (text and JSON) shows every declared device, in
 #    declaration order, with its description ("SIZE, read-write" or
-#    "read-only"), size and read-only flag, a UTF-8 name included;
+#    "read-only", then the memory it holds), size and read-only flag, a
+#    UTF-8 name included;
 #  - with dynamic=true a device created by a client's connection shows
 #    up in the list too;
 #  - nbdinfo --size gives each size, the default export being the first
@@ -36,15 +37,15 @@ expect_list() {
 # --list, text: every export with its description, in order.
 expect_list static <<'EOF'
 export="disk0":
-	description: 16 MiB, read-write
+	description: 16 MiB, read-write, 0 bytes in memory
 export="scratch":
-	description: 4 GiB, read-write
+	description: 4 GiB, read-write, 0 bytes in memory
 export="golden":
-	description: 1 MiB, read-only
+	description: 1 MiB, read-only, 0 bytes in memory
 export="tiny":
-	description: 1000 bytes, read-write
+	description: 1000 bytes, read-write, 0 bytes in memory
 export="ünï":
-	description: 2 MiB, read-write
+	description: 2 MiB, read-write, 0 bytes in memory
 EOF
 
 # --list --json: names, descriptions, sizes, read-only flags.
@@ -58,11 +59,11 @@ for e in json.load(open(sys.argv[1], encoding="utf-8"))["exports"]:
 EOF
     fail "cannot parse nbdinfo --list --json output"
 cat >"$tmp/json.want" <<'EOF'
-disk0|16 MiB, read-write|16777216|False
-scratch|4 GiB, read-write|4294967296|False
-golden|1 MiB, read-only|1048576|True
-tiny|1000 bytes, read-write|1000|False
-ünï|2 MiB, read-write|2097152|False
+disk0|16 MiB, read-write, 0 bytes in memory|16777216|False
+scratch|4 GiB, read-write, 0 bytes in memory|4294967296|False
+golden|1 MiB, read-only, 0 bytes in memory|1048576|True
+tiny|1000 bytes, read-write, 0 bytes in memory|1000|False
+ünï|2 MiB, read-write, 0 bytes in memory|2097152|False
 EOF
 diff -u "$tmp/json.want" "$tmp/json.got" || fail "nbdinfo --list --json (above)"
 
@@ -130,8 +131,8 @@ start_server dyn dynamic=true name=first:size=1M
     fail "dynamic device fresh:size=3M has the wrong size"
 expect_list dynamic <<'EOF'
 export="first":
-	description: 1 MiB, read-write
+	description: 1 MiB, read-write, 0 bytes in memory
 export="fresh":
-	description: 3 MiB, read-write
+	description: 3 MiB, read-write, 0 bytes in memory
 EOF
 echo "nbdinfo: all checks passed"
