@@ -12,8 +12,11 @@ WARN     := -Wall -Wextra -Werror
 # Recursive (=) so that pkg-config is asked after install-deps has run.
 NBDKIT_CFLAGS = $(shell pkg-config --cflags nbdkit 2>/dev/null)
 CHECK_LIBS    = $(shell pkg-config --libs check 2>/dev/null)
+CODEC_CFLAGS  = $(shell pkg-config --cflags libzstd liblz4 2>/dev/null)
+CODEC_LIBS    = $(shell pkg-config --libs libzstd liblz4 2>/dev/null)
 PLUGINDIR     = $(shell pkg-config --variable=plugindir nbdkit 2>/dev/null)
 CFLAGS_ALL    = -std=gnu11 $(WARN) $(OPTFLAGS) -fPIC -pthread $(NBDKIT_CFLAGS) \
+                $(CODEC_CFLAGS) \
                 $(SANFLAGS) $(CFLAGS)
 
 PREFIX  ?= /usr/local
@@ -22,7 +25,7 @@ MANDIR  ?= $(PREFIX)/share/man
 # BUILD holds objects of one variant (plain, asan, tsan).
 BUILD ?= build/plain
 
-STORE_SRCS  := plugin/store.c plugin/chunkdir.c plugin/arena.c
+STORE_SRCS  := plugin/store.c plugin/chunkdir.c plugin/arena.c plugin/codec.c
 PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c \
                plugin/registry.c $(STORE_SRCS)
 HEADERS     := $(wildcard plugin/*.h)
@@ -40,13 +43,13 @@ $(BUILD)/%.o: plugin/%.c $(HEADERS)
 	$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
 $(BUILD)/memblock.so: $(call obj,$(PLUGIN_SRCS))
-	$(CC) $(CFLAGS_ALL) -shared -o $@ $^ $(LDFLAGS)
+	$(CC) $(CFLAGS_ALL) -shared -o $@ $^ $(CODEC_LIBS) $(LDFLAGS)
 
 memblock.so: $(BUILD)/memblock.so
 	cp $< $@.tmp && mv -f $@.tmp $@
 
 $(BUILD)/test-%: tests/unit/test-%.c $(call obj,$(STORE_SRCS))
-	$(CC) $(CFLAGS_ALL) -Iplugin -o $@ $^ $(CHECK_LIBS) $(LDFLAGS)
+	$(CC) $(CFLAGS_ALL) -Iplugin -o $@ $^ $(CHECK_LIBS) $(CODEC_LIBS) $(LDFLAGS)
 
 nbdkit-memblock.1: nbdkit-memblock.pod
 	pod2man --section=1 --center="nbdkit" --release="memblock" \

@@ -1,5 +1,6 @@
 /* memblock: address-space arena for chunk data. */
 
+#define _GNU_SOURCE             /* mlock2, MLOCK_ONFAULT */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,16 +61,50 @@ arena_alloc (struct arena *a)
   return (char *) a->regions->base + a->slot_size * a->next_slot++;
 }
 
-/* Give the pages of [addr, addr+len) back to the kernel; they read as zero. */
+/* Give the pages of [addr, addr+len) back to the kernel; they read as
+ * zero.  locked says they may be locked (arena_lock): MADV_DONTNEED
+ * refuses locked memory, so they are unlocked first.
+ */
 void
-arena_release (void *addr, size_t len)
+arena_release (void *addr, size_t len, bool locked)
 {
+  if (locked)
+    munlock (addr, len);
   /* MADV_DONTNEED on private anonymous memory always zero-fills on the
    * next touch.  Should it ever fail, zeroing by hand keeps the
    * contract at the cost of the memory.
    */
   if (madvise (addr, len, MADV_DONTNEED) == -1)
     memset (addr, 0, len);
+}
+
+/* Lock [addr, addr+len), pages written with data, in RAM.  Only these
+ * ranges are locked (the kernel counts a locked range whole in VmLck
+ * and RLIMIT_MEMLOCK, even with MLOCK_ONFAULT), and neighbouring ranges
+ * merge into one mapping.  -1 with errno if the kernel refuses.
+ */
+int
+arena_lock (void *addr, size_t len)
+{
+  return mlock2 (addr, len, MLOCK_ONFAULT);
+}
+
+/* Whether the kernel would let this process lock bytes more: try it on
+ * untouched address space (MLOCK_ONFAULT faults nothing in).
+ */
+bool
+arena_can_lock (uint64_t bytes)
+{
+  size_t len = (bytes + 4095) & ~(uint64_t) 4095;
+  void *p = mmap (NULL, len, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  bool ok;
+
+  if (p == MAP_FAILED)
+    return false;
+  ok = mlock2 (p, len, MLOCK_ONFAULT) == 0;
+  munmap (p, len);
+  return ok;
 }
 
 /* Unmap every region. */

@@ -2,6 +2,7 @@
 #ifndef MEMBLOCK_ARENA_H
 #define MEMBLOCK_ARENA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,7 +25,9 @@ struct arena {
 
 extern void arena_init (struct arena *a, size_t slot_size, uint64_t max_slots);
 extern void *arena_alloc (struct arena *a);
-extern void arena_release (void *addr, size_t len);
+extern void arena_release (void *addr, size_t len, bool locked);
+extern int arena_lock (void *addr, size_t len);
+extern bool arena_can_lock (uint64_t bytes);
 extern void arena_free (struct arena *a);
 
 #endif /* MEMBLOCK_ARENA_H */

@@ -1,13 +1,17 @@
 /* memblock: plugin parameters. */
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include "arena.h"
 #include "config.h"
+#include "registry.h"
 #include "store.h"
 
 struct config config = {
@@ -20,7 +24,7 @@ struct config config = {
 /* Keys seen so far, to refuse a repeated one. */
 static unsigned config_seen;
 enum { SEEN_SIZE = 1, SEEN_CHUNK = 2, SEEN_MAXMEM = 4, SEEN_DYNAMIC = 8,
-       SEEN_MAXDEV = 16 };
+       SEEN_MAXDEV = 16, SEEN_COMPRESS = 32, SEEN_MLOCK = 64 };
 
 /* Refuse key if it was already given; else remember it. */
 static int
@@ -135,7 +139,76 @@ config_set (const char *key, const char *value)
     config.max_devices = n;
     return 0;
   }
+  if (strcmp (key, "compress") == 0) {
+    if (config_once (key, SEEN_COMPRESS) == -1)
+      return -1;
+    if (codec_parse (value, &config.compress) == -1) {
+      nbdkit_error ("compress=%s: expected zstd, lz4 or none", value);
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "mlock") == 0) {
+    if (config_once (key, SEEN_MLOCK) == -1)
+      return -1;
+    if ((r = nbdkit_parse_bool (value)) == -1) {
+      nbdkit_error ("mlock=%s: expected true or false", value);
+      return -1;
+    }
+    config.mlock = r;
+    return 0;
+  }
   nbdkit_error ("unknown parameter '%s' (see nbdkit memblock --help)", key);
+  return -1;
+}
+
+/* With mlock=true, check that the kernel lets nbdkit lock all the data
+ * it may hold: max-memory, or without a cap more than RLIMIT_MEMLOCK
+ * (which only CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK allows).
+ * Asking the kernel is the only sure test: the capability overrides
+ * the limit.
+ */
+static int
+config_check_mlock (void)
+{
+  struct rlimit rl;
+  uint64_t want;
+  char have[32], need[32];
+
+  for (size_t i = 0; i < config.ndevices; i++) {
+    if (config.devices[i].compress > CODEC_NONE) {
+      nbdkit_error ("mlock=true: not with compressed devices (name=%s "
+                    "has :compress=%s): see MEMORY USE in "
+                    "nbdkit-memblock(1)", config.devices[i].name,
+                    codec_name (config.devices[i].compress));
+      return -1;
+    }
+  }
+  if (config.compress != CODEC_NONE) {
+    nbdkit_error ("mlock=true: not with compress=%s: see MEMORY USE in "
+                  "nbdkit-memblock(1)", codec_name (config.compress));
+    return -1;
+  }
+  if (getrlimit (RLIMIT_MEMLOCK, &rl) == -1) {
+    nbdkit_error ("mlock=true: getrlimit: %m");
+    return -1;
+  }
+  want = config.max_memory != UINT64_MAX ? config.max_memory
+    : rl.rlim_cur == RLIM_INFINITY ? 0 : (uint64_t) rl.rlim_cur + STORE_PAGE;
+  if (want == 0 || arena_can_lock (want))
+    return 0;
+  registry_format_size (rl.rlim_cur, have, sizeof have);
+  if (config.max_memory == UINT64_MAX)
+    nbdkit_error ("mlock=true: RLIMIT_MEMLOCK (%s) cannot cover the data "
+                  "and max-memory is not set: set max-memory= no larger "
+                  "than the limit, or raise it (ulimit -l)", have);
+  else {
+    registry_format_size (config.max_memory, need, sizeof need);
+    nbdkit_error ("mlock=true: RLIMIT_MEMLOCK (%s) cannot cover "
+                  "max-memory=%s: raise it to at least %s "
+                  "(ulimit -l %" PRIu64 ") or lower max-memory",
+                  have, need, need, (config.max_memory + 1023) / 1024);
+  }
   return -1;
 }
 
@@ -150,6 +223,19 @@ config_complete (void)
                   config.max_devices, config.ndevices);
     return -1;
   }
+  if (config.chunk_shift < __builtin_ctzll (CODEC_UNIT)) {
+    bool compressed = config.compress != CODEC_NONE;
+
+    for (size_t i = 0; i < config.ndevices; i++)
+      compressed |= config.devices[i].compress > CODEC_NONE;
+    if (compressed) {
+      nbdkit_error ("chunk-size: compressed devices need chunks of at "
+                    "least %zuK", CODEC_UNIT / 1024);
+      return -1;
+    }
+  }
+  if (config.mlock && config_check_mlock () == -1)
+    return -1;
   return 0;
 }
 

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "codec.h"
 #include "connect.h"
 
 #define CONFIG_DEFAULT_SIZE ((uint64_t) 16 << 20)       /* Mirage's 16M */
@@ -20,6 +21,8 @@ struct config {
   uint64_t max_memory;          /* UINT64_MAX: no cap */
   bool dynamic;                 /* create unknown exports on connect */
   unsigned max_devices;
+  enum codec compress;          /* for devices that give no :compress= */
+  bool mlock;                   /* lock every page held in RAM */
   struct connect *devices;      /* declared with name=, in order */
   size_t ndevices;
 };
@@ -31,12 +34,14 @@ extern int config_complete (void);
 extern void config_free (void);
 
 #define CONFIG_HELP \
-  "name=NAME[:ro|:rw][:size=SIZE][:from=SOURCE][:temp][:file=PATH]\n" \
+  "name=NAME[:ro|:rw][:size=SIZE][:from=SOURCE][:temp][:compress=C][:file=PATH]\n" \
   "                                Declare a device (repeatable; default disk0).\n" \
   "size=SIZE                       Default device size (default 16M).\n" \
   "chunk-size=SIZE                 Allocation chunk, power of 2, 4K..1G (default 16M).\n" \
   "max-memory=SIZE                 Cap on data held by all devices (default none).\n" \
   "dynamic=BOOL                    Create unknown exports on connect (default false).\n" \
-  "max-devices=N                   Most devices in all (default 64)."
+  "max-devices=N                   Most devices in all (default 64).\n" \
+  "compress=zstd|lz4|none          Keep data compressed (default none).\n" \
+  "mlock=BOOL                      Lock the pages held in RAM (default false)."
 
 #endif /* MEMBLOCK_CONFIG_H */

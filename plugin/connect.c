@@ -1,5 +1,5 @@
 /* memblock: connect strings,
- * NAME[:ro|:rw][:size=SIZE][:from=SOURCE][:temp][:file=PATH].
+ * NAME[:ro|:rw][:size=SIZE][:from=SOURCE][:temp][:compress=C][:file=PATH].
  *
  * The same grammar names devices on the command line (name=...) and
  * selects them from a client (the NBD export name):
@@ -10,6 +10,7 @@
  *   :size=SIZE    device size, with nbdkit_parse_size suffixes
  *   :from=SOURCE  a copy-on-write clone of device SOURCE (a NAME)
  *   :temp         freed when its last connection closes
+ *   :compress=C   keep the data compressed: zstd, lz4 or none
  *   :file=PATH    command line only: load a raw image at start-up; it
  *                 comes last and takes the rest of the string, so PATH
  *                 may hold ':'
@@ -26,6 +27,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include "codec.h"
 #include "connect.h"
 
 static int connect_option_size (const char *opt, size_t len, const char *what,
@@ -127,6 +129,22 @@ connect_option (const char *opt, size_t len, const char *what,
     c->temp = true;
     return 0;
   }
+  if (len > 9 && strncmp (opt, "compress=", 9) == 0) {
+    char value[8];
+    enum codec codec;
+
+    if (c->compress != -1) {
+      nbdkit_error ("%s: ':compress=' given twice", what);
+      return -1;
+    }
+    snprintf (value, sizeof value, "%.*s", (int) (len - 9), opt + 9);
+    if (len - 9 >= sizeof value || codec_parse (value, &codec) == -1) {
+      nbdkit_error ("%s: ':compress=' takes zstd, lz4 or none", what);
+      return -1;
+    }
+    c->compress = codec;
+    return 0;
+  }
   if (len > 5 && strncmp (opt, "from=", 5) == 0) {
     if (c->from[0]) {
       nbdkit_error ("%s: ':from=' given twice", what);
@@ -185,7 +203,7 @@ connect_option_size (const char *opt, size_t len, const char *what,
   }
   snprintf (value, sizeof value, "%.*s", (int) (len < 40 ? len : 40), opt);
   nbdkit_error ("%s: unknown option '%s' (expected ro, rw, size=SIZE, "
-                "from=SOURCE, temp or file=PATH)",
+                "from=SOURCE, temp, compress=C or file=PATH)",
                 what, connect_quote (value, buf, sizeof buf));
   return -1;
 }
@@ -204,7 +222,7 @@ connect_parse (const char *str, enum connect_origin origin, struct connect *c)
   else
     snprintf (what, sizeof what, "export '%s'", quoted);
 
-  *c = (struct connect) { .readonly = -1, .size = -1 };
+  *c = (struct connect) { .readonly = -1, .size = -1, .compress = -1 };
   if (connect_check_name (str, len, what) == -1)
     return -1;
   memcpy (c->name, str, len);

@@ -1,5 +1,5 @@
 /* memblock: connect strings,
- * NAME[:ro|:rw][:size=SIZE][:from=SOURCE][:temp][:file=PATH].
+ * NAME[:ro|:rw][:size=SIZE][:from=SOURCE][:temp][:compress=C][:file=PATH].
  */
 #ifndef MEMBLOCK_CONNECT_H
 #define MEMBLOCK_CONNECT_H
@@ -22,6 +22,7 @@ struct connect {
   int64_t size;                 /* -1 not given */
   char from[CONNECT_NAME_MAX + 1];  /* source of a clone; "" if none */
   bool temp;                    /* freed when its last connection closes */
+  int compress;                 /* -1 not given, else an enum codec */
   char *file;                   /* image to load (config only), or NULL */
 };
 

@@ -39,6 +39,9 @@ struct handle {
  */
 static atomic_bool memblock_cap_logged;
 
+/* Set once pages the kernel would not lock (mlock=true) are logged. */
+static atomic_bool memblock_pin_logged;
+
 /* The .unload callback. */
 static void
 memblock_unload (void)
@@ -271,6 +274,11 @@ memblock_pwrite (void *handle, const void *buf, uint32_t count,
     return -1;
   if (store_write (h->dev->store, buf, count, offset) == -1)
     return memblock_failed (h, "write", count, offset);
+  if (config.mlock && store_pin_failures (h->dev->store) > 0 &&
+      !atomic_exchange (&memblock_pin_logged, true))
+    nbdkit_error ("%s: mlock=true: the kernel refused to lock some pages "
+                  "(too many mappings? see vm.max_map_count); they stay "
+                  "unlocked", h->dev->label);
   return 0;
 }
 

@@ -77,21 +77,30 @@ registry_format_amount (uint64_t bytes, char *buf, size_t len)
 }
 
 /* Describe dev as seen read-only or not:
- * "2 GiB, read-write, clone of golden, 14 MiB in memory".
+ * "2 GiB, read-write, clone of golden, 14 MiB in memory", or for a
+ * compressed device "2 GiB, read-write, 1.3 GiB of data in 470 MiB (zstd)".
  */
 void
 registry_describe (const struct device *dev, bool readonly,
                    char *buf, size_t len)
 {
-  char human[32], held[32];
+  char human[32], held[32], data[32], memory[80];
+  enum codec codec = store_codec (dev->store);
 
   registry_format_size (store_size (dev->store), human, sizeof human);
   registry_format_amount (store_allocated (dev->store), held, sizeof held);
-  snprintf (buf, len, "%s, %s%s%s%s, %s in memory", human,
+  if (codec == CODEC_NONE)
+    snprintf (memory, sizeof memory, "%s in memory", held);
+  else {
+    registry_format_amount (store_data (dev->store), data, sizeof data);
+    snprintf (memory, sizeof memory, "%s of data in %s (%s)", data, held,
+              codec_name (codec));
+  }
+  snprintf (buf, len, "%s, %s%s%s%s, %s", human,
             readonly ? "read-only" : "read-write",
             dev->source ? ", clone of " : "",
             dev->source ? dev->source->name : "",
-            dev->temp ? ", temporary" : "", held);
+            dev->temp ? ", temporary" : "", memory);
 }
 
 /* Find the device with this name; caller holds the lock. */
@@ -111,7 +120,7 @@ registry_find (const char *name)
  */
 static struct device *
 registry_add (const char *name, uint64_t size, bool readonly, bool temp,
-              struct device *source)
+              struct device *source, int compress)
 {
   struct device *dev;
   char quoted[CONNECT_QUOTE_MAX];
@@ -136,8 +145,13 @@ registry_add (const char *name, uint64_t size, bool readonly, bool temp,
   dev->store = source
     ? store_create_clone (source->store, &registry_limit)
     : store_create (size, config.chunk_shift, &registry_limit);
-  if (dev->store == NULL) {
+  if (dev->store == NULL ||
+      store_set_codec (dev->store,
+                       compress == -1 ? config.compress
+                                      : (enum codec) compress) == -1 ||
+      (config.mlock && store_set_mlock (dev->store) == -1)) {
     nbdkit_error ("cannot create device '%s': %m", quoted);
+    store_destroy (dev->store);
     free (dev);
     return NULL;
   }
@@ -227,7 +241,8 @@ registry_declare (const struct connect *c)
     if (c->size == -1)
       size = file_size;
   }
-  dev = registry_add (c->name, size, c->readonly == 1, c->temp, src);
+  dev = registry_add (c->name, size, c->readonly == 1, c->temp, src,
+                      c->compress);
   if (dev == NULL) {
     if (fd != -1)
       close (fd);
@@ -343,7 +358,7 @@ registry_create (const struct connect *req, const char *quoted)
   if (req->from[0] == '\0')
     return registry_add (req->name,
                          req->size == -1 ? config.size : (uint64_t) req->size,
-                         false, req->temp, NULL);
+                         false, req->temp, NULL, req->compress);
   src = registry_find (req->from);
   if (src == NULL || !src->readonly) {
     char from[CONNECT_QUOTE_MAX];
@@ -354,7 +369,7 @@ registry_create (const struct connect *req, const char *quoted)
                       : "no such device");
     return NULL;
   }
-  return registry_add (req->name, 0, false, req->temp, src);
+  return registry_add (req->name, 0, false, req->temp, src, req->compress);
 }
 
 /* The device a client's parsed export name asks for (the first device
@@ -397,6 +412,12 @@ registry_open (const struct connect *req)
            (dev->source == NULL || strcmp (dev->source->name, req->from))) {
     nbdkit_error ("export '%s': the device exists and is not a clone of "
                   "that source", dev->label);
+    dev = NULL;
+  }
+  else if (req->compress != -1 &&
+           (enum codec) req->compress != store_codec (dev->store)) {
+    nbdkit_error ("export '%s': the device exists with compress=%s",
+                  dev->label, codec_name (store_codec (dev->store)));
     dev = NULL;
   }
   else if (req->size != -1 && (uint64_t) req->size != store_size (dev->store)) {

@@ -24,7 +24,7 @@ struct device {
 };
 
 /* Room for registry_describe's longest description. */
-#define REGISTRY_DESCRIPTION_MAX (CONNECT_NAME_MAX + 128)
+#define REGISTRY_DESCRIPTION_MAX (CONNECT_NAME_MAX + 192)
 
 extern struct store_limit registry_limit;
 

@@ -90,6 +90,36 @@
  *       creates a chunk wherever it must hide a source's chunk, so a
  *       write or zero can create chunks of zeroes (headers only).
  *
+ * Compressed stores (store_set_codec).  Units are aligned groups of
+ * STORE_UNIT_PAGES pages (16 KiB); a unit's pages share one blob from
+ * codec.c, and a chunk has no arena slot.  The map, hide and lock
+ * bitmaps and every page-state rule above stay as they are (a write of
+ * zeroes into a page holding data keeps it, as in a raw store), with
+ * these:
+ *
+ *   Z1  c->unit[u] is the blob of unit u, or NULL when none of its pages
+ *       holds data.  The blob holds the unit with every page that does
+ *       not hold data zeroed.  It is read, replaced and freed only under
+ *       the locks of all the unit's pages, readers' included, so no
+ *       reader ever sees a blob freed.
+ *   Z2  A write rebuilds every unit it touches under the locks of its
+ *       whole range, then reserves the exact growth in bytes held before
+ *       it installs a blob: ENOSPC changes nothing.  A zero rebuilds units
+ *       a chunk at a time; it reserves, before any change, a unit's worth
+ *       for each partial page at its ends (a unit can grow only where
+ *       part of a page is zeroed), and a unit whose pages it only
+ *       releases keeps its old blob if the new one would be larger.
+ *
+ * Locked memory (store_set_mlock, raw stores only).
+ *
+ *   M1  A page is locked in RAM (mlock2, MLOCK_ONFAULT) under its page
+ *       lock just before data first goes into it, and unlocked just
+ *       before it is given back.  Only pages that hold data are locked,
+ *       so the kernel's count of locked memory (VmLck) follows them, and
+ *       neighbouring locked pages merge into one mapping.  A refusal
+ *       (vm.max_map_count, say) leaves the page unlocked and is counted
+ *       for the caller to report.
+ *
  * Requests that overlap in flight land in one of the orders NBD allows:
  * each page ends up as some order of the requests that touched it left
  * it, and stays so; disjoint requests never wait for each other (two
@@ -104,9 +134,11 @@
 
 #include "arena.h"
 #include "chunkdir.h"
+#include "codec.h"
 #include "store.h"
 
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
 
 /* What a page reads as (see "Clones" above). */
 enum store_class {
@@ -116,21 +148,29 @@ enum store_class {
 };
 
 struct chunk {
-  unsigned char *data;          /* 2^chunk_shift bytes from the arena */
+  unsigned char *data;          /* raw: 2^chunk_shift bytes from the arena */
+  void **unit;                  /* compressed: a blob per unit, or NULL (Z1) */
   _Atomic uint64_t *lock;       /* one bit per page: its lock (I2) */
   _Atomic uint64_t *hide;       /* clones: one bit per page, C1; else NULL */
   _Atomic uint64_t map[];       /* one bit per page: holds data (I2) */
 };
+
+/* Pages in a compressed unit. */
+#define STORE_UNIT_PAGES (CODEC_UNIT / STORE_PAGE)
 
 struct store {
   uint64_t size;
   unsigned chunk_shift;
   size_t map_words;             /* uint64_t words in a chunk's map */
   struct store *source;         /* clones: the read-only source, else NULL */
+  enum codec codec;             /* CODEC_NONE: raw pages in the arena */
+  bool mlock;                   /* lock pages holding data in RAM (M1) */
+  _Atomic uint64_t pin_failures;  /* pages the kernel would not lock */
   struct chunkdir dir;
   pthread_mutex_t grow_lock;    /* serialises chunk creation and arena */
   struct arena arena;
   _Atomic uint64_t pages;       /* set bits over all chunks */
+  _Atomic uint64_t held;        /* bytes of memory they hold */
   _Atomic uint64_t chunks;      /* chunks created */
   struct store_limit *limit;    /* may be NULL */
 };
@@ -176,12 +216,20 @@ store_create_clone (struct store *source, struct store_limit *limit)
   return s;
 }
 
-/* chunkdir_free callback: free one chunk's header (its data is arena's). */
+/* chunkdir_free callback: free one chunk's header and blobs (raw data
+ * is the arena's).
+ */
 static void
 store_free_chunk (void *leaf, void *opaque)
 {
-  (void) opaque;
-  free (leaf);
+  struct chunk *c = leaf;
+  const struct store *s = opaque;
+
+  if (c->unit)
+    for (uint64_t u = 0; u < (s->map_words * 64) / STORE_UNIT_PAGES; u++)
+      codec_free (c->unit[u]);
+  free (c->unit);
+  free (c);
 }
 
 /* Free the store and give its memory and its share of the limit back. */
@@ -191,8 +239,8 @@ store_destroy (struct store *s)
   if (s == NULL)
     return;
   if (s->limit)
-    atomic_fetch_sub (&s->limit->used, atomic_load (&s->pages) * STORE_PAGE);
-  chunkdir_free (&s->dir, store_free_chunk, NULL);
+    atomic_fetch_sub (&s->limit->used, atomic_load (&s->held));
+  chunkdir_free (&s->dir, store_free_chunk, s);
   arena_free (&s->arena);
   pthread_mutex_destroy (&s->grow_lock);
   free (s);
@@ -205,11 +253,74 @@ store_size (const struct store *s)
   return s->size;
 }
 
-/* Bytes of data held (written pages, 4 KiB each). */
+/* Bytes of memory the data takes: the written pages, 4 KiB each, or in
+ * a compressed store their blobs with the allocator's overhead.
+ */
 uint64_t
 store_allocated (const struct store *s)
 {
+  return atomic_load_explicit (&s->held, memory_order_relaxed);
+}
+
+/* Bytes of data held: the written pages, 4 KiB each. */
+uint64_t
+store_data (const struct store *s)
+{
   return atomic_load_explicit (&s->pages, memory_order_relaxed) * STORE_PAGE;
+}
+
+/* Keep the store's data compressed with codec c: only before the first
+ * write, and with chunks of at least a unit.  -1/EINVAL otherwise.
+ */
+int
+store_set_codec (struct store *s, enum codec c)
+{
+  if ((c != CODEC_NONE && ((uint64_t) 1 << s->chunk_shift) < CODEC_UNIT) ||
+      store_chunks (s) > 0) {
+    errno = EINVAL;
+    return -1;
+  }
+  s->codec = c;
+  return 0;
+}
+
+/* Lock every page that holds data in RAM (M1): a raw store only,
+ * before the first write.  -1/EINVAL otherwise.
+ */
+int
+store_set_mlock (struct store *s)
+{
+  if (s->codec != CODEC_NONE || store_chunks (s) > 0) {
+    errno = EINVAL;
+    return -1;
+  }
+  s->mlock = true;
+  return 0;
+}
+
+/* Pages the kernel refused to lock so far (M1). */
+uint64_t
+store_pin_failures (const struct store *s)
+{
+  return atomic_load_explicit (&s->pin_failures, memory_order_relaxed);
+}
+
+/* Lock locked page p of chunk c in RAM before data goes into it, if the
+ * store locks its pages (M1).
+ */
+static void
+store_page_pin (struct store *s, struct chunk *c, uint64_t p)
+{
+  if (s->mlock &&
+      arena_lock (c->data + (p << STORE_PAGE_SHIFT), STORE_PAGE) == -1)
+    atomic_fetch_add_explicit (&s->pin_failures, 1, memory_order_relaxed);
+}
+
+/* The codec the store's data is kept with. */
+enum codec
+store_codec (const struct store *s)
+{
+  return s->codec;
 }
 
 /* Number of chunks created so far. */
@@ -418,10 +529,14 @@ store_chunk_create (struct store *s, uint64_t idx)
       c->lock = c->map + s->map_words;
       if (s->source)
         c->hide = c->lock + s->map_words;
-      if ((c->data = arena_alloc (&s->arena)) == NULL ||
+      if ((s->codec == CODEC_NONE
+           ? (c->data = arena_alloc (&s->arena)) == NULL
+           : (c->unit = calloc (s->map_words * 64 / STORE_UNIT_PAGES,
+                                sizeof *c->unit)) == NULL) ||
           chunkdir_set (&s->dir, idx, c) == -1) {
         /* An arena slot lost here is untouched address space. */
         err = errno;
+        free (c->unit);
         free (c);
         c = NULL;
       }
@@ -470,6 +585,14 @@ store_next_chunk (const struct store *s, uint64_t idx, uint64_t end)
           1);                                                           \
        done += n)
 
+static int store_read_units (struct store *s, struct chunk *c, uint64_t base,
+                             unsigned char *out, uint64_t coff, uint64_t n);
+static int store_write_units (struct store *s, const unsigned char *in,
+                              uint64_t count, uint64_t offset);
+static int store_zero_units (struct store *s, struct chunk *c, uint64_t base,
+                             uint64_t coff, uint64_t n, uint64_t *released,
+                             uint64_t *gained, int64_t *held);
+
 /* Fill len bytes at out with what [offset, offset+len) of s's source
  * holds, or zeroes if s has none.
  */
@@ -497,6 +620,12 @@ store_read (struct store *s, void *buf, uint64_t count, uint64_t offset)
 
     if (c == NULL) {
       store_read_source (s, out + done, n, offset + done);
+      continue;
+    }
+    if (s->codec != CODEC_NONE) {
+      if (store_read_units (s, c, idx << s->chunk_shift, out + done,
+                            coff, n) == -1)
+        return -1;
       continue;
     }
     while (pos < end) {
@@ -566,14 +695,13 @@ store_write_grow (struct store *s, const unsigned char *in,
   return 0;
 }
 
-/* Reserve pages against the limit; -1/ENOSPC if the cap would be passed. */
+/* Reserve bytes against the limit; -1/ENOSPC if the cap would be passed. */
 static int
-store_reserve (struct store *s, uint64_t pages)
+store_reserve (struct store *s, uint64_t bytes)
 {
-  uint64_t bytes = pages * STORE_PAGE;
   uint64_t used;
 
-  if (s->limit == NULL || pages == 0)
+  if (s->limit == NULL || bytes == 0)
     return 0;
   used = atomic_load_explicit (&s->limit->used, memory_order_relaxed);
   do {
@@ -588,23 +716,28 @@ store_reserve (struct store *s, uint64_t pages)
   return 0;
 }
 
-/* Bring the counters in line: pages reserved, newly set and released.
- * Never called with gained > reserved + released (I5).
+/* Bring the counters in line: bytes reserved, pages newly set and
+ * released, and the change in bytes held, never more than reserved (I5).
  */
 static void
 store_settle (struct store *s, uint64_t reserved, uint64_t gained,
-              uint64_t released)
+              uint64_t released, int64_t held)
 {
-  if (gained > released)
-    atomic_fetch_add_explicit (&s->pages, gained - released,
+  atomic_fetch_add_explicit (&s->pages, gained - released,
+                             memory_order_relaxed);
+  atomic_fetch_add_explicit (&s->held, (uint64_t) held, memory_order_relaxed);
+  if (s->limit != NULL && (int64_t) reserved != held)
+    atomic_fetch_sub_explicit (&s->limit->used, reserved - (uint64_t) held,
                                memory_order_relaxed);
-  else if (released > gained)
-    atomic_fetch_sub_explicit (&s->pages, released - gained,
-                               memory_order_relaxed);
-  if (s->limit != NULL && gained < reserved + released)
-    atomic_fetch_sub_explicit (&s->limit->used,
-                               (reserved + released - gained) * STORE_PAGE,
-                               memory_order_relaxed);
+}
+
+/* store_settle for raw pages: reserved, gained and released in pages. */
+static void
+store_settle_pages (struct store *s, uint64_t reserved, uint64_t gained,
+                    uint64_t released)
+{
+  store_settle (s, reserved * STORE_PAGE, gained, released,
+                ((int64_t) gained - (int64_t) released) * (int64_t) STORE_PAGE);
 }
 
 /* Make locked page p of clone chunk c, which shows its source, its own:
@@ -622,6 +755,7 @@ store_detach_page (struct store *s, struct chunk *c, uint64_t base,
   uint64_t len = MIN (STORE_PAGE, s->size - off);
   uint64_t gained = 0;
 
+  store_page_pin (s, c, p);
   if (from > 0 || to < len)
     store_read (s->source, page, len, off);
   if (src)
@@ -629,7 +763,7 @@ store_detach_page (struct store *s, struct chunk *c, uint64_t base,
   else
     memset (page + from, 0, to - from);
   if (store_is_zero (page, len))
-    arena_release (page, STORE_PAGE);
+    arena_release (page, STORE_PAGE, s->mlock);
   else
     gained = store_page_mark (c, p);
   store_hide_pages (c, p, p + 1);
@@ -664,6 +798,7 @@ store_write_chunk (struct store *s, struct chunk *c, uint64_t base,
         gained += store_detach_page (s, c, base, p, pos - at, next - at,
                                      in + (pos - coff));
       else if (!store_is_zero (in + (pos - coff), next - pos)) {
+        store_page_pin (s, c, p);
         memcpy (c->data + pos, in + (pos - coff), next - pos);
         gained += store_page_mark (c, p);
       }
@@ -674,7 +809,7 @@ store_write_chunk (struct store *s, struct chunk *c, uint64_t base,
 }
 
 /* Lock (lock true) or unlock the pages of a write in the chunks that
- * exist, in ascending order.  Locking records each piece's chunk in
+ * exist (whole units in a compressed store), in ascending order.  Locking records each piece's chunk in
  * chunks[] (NULL where it is missing: such a piece is all zeroes over
  * zeroes, and the write takes effect there before any later creation of
  * the chunk); unlocking and store_write_count then use the same chunks.
@@ -694,6 +829,10 @@ store_write_lock (struct store *s, uint64_t count, uint64_t offset,
     if ((c = chunks[idx - first]) == NULL)
       continue;
     store_page_span (coff, n, &p, &q);
+    if (s->codec != CODEC_NONE) {         /* whole units (Z1) */
+      p &= ~(uint64_t) (STORE_UNIT_PAGES - 1);
+      q = (q + STORE_UNIT_PAGES - 1) & ~(uint64_t) (STORE_UNIT_PAGES - 1);
+    }
     if (lock)
       store_lock_pages (c, p, q);
     else
@@ -721,8 +860,10 @@ store_write (struct store *s, const void *buf, uint64_t count, uint64_t offset)
    * empty chunk; then create chunks (none are missing for data when no
    * page is new); only then lock, count again and copy (I5).
    */
+  if (s->codec != CODEC_NONE)
+    return store_write_units (s, in, count, offset);
   need = store_write_count (s, in, count, offset, NULL);
-  if (store_reserve (s, need) == -1)
+  if (store_reserve (s, need * STORE_PAGE) == -1)
     return -1;
   if ((need > 0 || s->source) && store_write_grow (s, in, count, offset) == -1)
     goto out;
@@ -733,7 +874,7 @@ store_write (struct store *s, const void *buf, uint64_t count, uint64_t offset)
     goto out;
   store_write_lock (s, count, offset, chunks, true);
   exact = store_write_count (s, in, count, offset, chunks);
-  if (exact <= need || store_reserve (s, exact - need) == 0) {
+  if (exact <= need || store_reserve (s, (exact - need) * STORE_PAGE) == 0) {
     if (exact > need)
       need = exact;
     FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
@@ -749,7 +890,7 @@ store_write (struct store *s, const void *buf, uint64_t count, uint64_t offset)
   if (chunks != stack)
     free (chunks);
  out:
-  store_settle (s, need, gained, 0);
+  store_settle_pages (s, need, gained, 0);
   return r;
 }
 
@@ -782,11 +923,11 @@ store_zero_partial (struct store *s, struct chunk *c, uint64_t base,
   return gained;
 }
 
-/* Clear locked pages [p, q) of chunk c and give them back; returns
- * pages released.
+/* Clear locked pages [p, q) of chunk c of s and give them back;
+ * returns pages released.
  */
 static uint64_t
-store_release_pages (struct chunk *c, uint64_t p, uint64_t q)
+store_release_pages (struct store *s, struct chunk *c, uint64_t p, uint64_t q)
 {
   uint64_t released = 0, run_start = 0, run_end = 0;
 
@@ -810,14 +951,14 @@ store_release_pages (struct chunk *c, uint64_t p, uint64_t q)
     if (first != run_end) {
       if (run_end > run_start)
         arena_release (c->data + (run_start << STORE_PAGE_SHIFT),
-                       (run_end - run_start) << STORE_PAGE_SHIFT);
+                       (run_end - run_start) << STORE_PAGE_SHIFT, s->mlock);
       run_start = first;
     }
     run_end = last;
   }
   if (run_end > run_start)
     arena_release (c->data + (run_start << STORE_PAGE_SHIFT),
-                   (run_end - run_start) << STORE_PAGE_SHIFT);
+                   (run_end - run_start) << STORE_PAGE_SHIFT, s->mlock);
   return released;
 }
 
@@ -841,21 +982,31 @@ store_zero_chunk (struct store *s, struct chunk *c, uint64_t base,
   else {
     *gained += store_zero_partial (s, c, base, coff, a);
     *gained += store_zero_partial (s, c, base, b, end);
-    *released += store_release_pages (c, a >> STORE_PAGE_SHIFT,
+    *released += store_release_pages (s, c, a >> STORE_PAGE_SHIFT,
                                       b >> STORE_PAGE_SHIFT);
   }
   store_unlock_pages (c, p, q);
 }
 
-/* Pages a zero of [offset, offset+count) may newly set: in a clone, the
- * partial pages at either end that still show their source (C3).
+/* Bytes a zero of [offset, offset+count) may take: in a clone, a page
+ * for each partial page at either end that still shows its source (C3);
+ * in a compressed store, a unit for each partial page at either end
+ * (Z2).
  */
 static uint64_t
 store_zero_count (struct store *s, uint64_t count, uint64_t offset)
 {
   uint64_t ends[2] = { offset, offset + count }, need = 0;
 
-  if (s->source == NULL || count == 0)
+  if (count == 0)
+    return 0;
+  if (s->codec != CODEC_NONE) {
+    for (int i = 0; i < 2; i++)
+      if (ends[i] % STORE_PAGE != 0 && ends[i] < s->size)
+        need += codec_max_held ();
+    return need;
+  }
+  if (s->source == NULL)
     return 0;
   for (int i = 0; i < 2; i++) {
     uint64_t at = ends[i], p = at >> STORE_PAGE_SHIFT;
@@ -869,7 +1020,7 @@ store_zero_count (struct store *s, uint64_t count, uint64_t offset)
         == STORE_SOURCE)
       need++;
   }
-  return need;
+  return need * STORE_PAGE;
 }
 
 /* Make [offset, offset+count) read as zeroes, releasing whole pages.
@@ -880,6 +1031,7 @@ int
 store_zero (struct store *s, uint64_t count, uint64_t offset)
 {
   uint64_t pos, end, need, released = 0, gained = 0;
+  int64_t held = 0;
   int r = 0;
 
   if (store_check_range (s, count, offset) == -1)
@@ -905,11 +1057,271 @@ store_zero (struct store *s, uint64_t count, uint64_t offset)
       r = -1;
       break;
     }
-    store_zero_chunk (s, c, idx << s->chunk_shift, coff, n,
-                      &released, &gained);
+    if (s->codec != CODEC_NONE) {
+      if (store_zero_units (s, c, idx << s->chunk_shift, coff, n,
+                            &released, &gained, &held) == -1) {
+        r = -1;
+        break;
+      }
+    }
+    else
+      store_zero_chunk (s, c, idx << s->chunk_shift, coff, n,
+                        &released, &gained);
     pos += n;
   }
-  store_settle (s, need, gained, released);
+  if (s->codec == CODEC_NONE)
+    held = ((int64_t) gained - (int64_t) released) * (int64_t) STORE_PAGE;
+  store_settle (s, need, gained, released, held);
+  return r;
+}
+
+/* A unit's new state: its blob, pages that hold data and pages hidden. */
+struct store_unit_edit {
+  void *blob;
+  uint64_t data, hide;          /* bits of the unit's pages, at p0 % 64 */
+  int64_t held;                 /* change in bytes held */
+};
+
+/* The pages [*p, *q) of a chunk, widened to whole units, that bytes
+ * [coff, coff+n) touch.
+ */
+static void
+store_unit_span (uint64_t coff, uint64_t n, uint64_t *p, uint64_t *q)
+{
+  store_page_span (coff, n, p, q);
+  *p &= ~(uint64_t) (STORE_UNIT_PAGES - 1);
+  *q = (*q + STORE_UNIT_PAGES - 1) & ~(uint64_t) (STORE_UNIT_PAGES - 1);
+}
+
+/* Rebuild locked unit u of chunk c (at base in the device) into e: bytes
+ * [from, to) of the chunk that lie in the unit become src[from...] (or
+ * zeroes if src is NULL); with release, the whole pages among them are
+ * released instead.  0, or -1 with errno.
+ */
+static int
+store_unit_rebuild (struct store *s, struct chunk *c, uint64_t base,
+                    uint64_t u, uint64_t from, uint64_t to,
+                    const unsigned char *src, bool release,
+                    struct store_unit_edit *e)
+{
+  unsigned char buf[CODEC_UNIT];
+  uint64_t p0 = u * STORE_UNIT_PAGES, h, d;
+  void *old = c->unit[u];
+
+  store_load_word (c, p0 / 64, &h, &d);
+  e->data = d & ((((uint64_t) 1 << STORE_UNIT_PAGES) - 1) << (p0 % 64));
+  e->hide = c->hide ? h & (((uint64_t) 1 << STORE_UNIT_PAGES) - 1)
+                          << (p0 % 64) : 0;
+  if (old == NULL)
+    memset (buf, 0, sizeof buf);
+  else if (codec_unpack (old, buf) == -1)
+    return -1;
+  for (uint64_t i = 0; i < STORE_UNIT_PAGES; i++) {
+    uint64_t p = p0 + i, bit = (uint64_t) 1 << (p % 64);
+    uint64_t ps = p << STORE_PAGE_SHIFT, pe = ps + STORE_PAGE;
+    uint64_t a = from > ps ? from : ps, b = to < pe ? to : pe;
+    unsigned char *page = buf + i * STORE_PAGE;
+    enum store_class cls = (e->data & bit) ? STORE_DATA
+      : (c->hide == NULL || (e->hide & bit)) ? STORE_ZERO : STORE_SOURCE;
+
+    if (cls != STORE_DATA)
+      memset (page, 0, STORE_PAGE);     /* keep Z1 even for odd blobs */
+    if (a >= b)
+      continue;
+    if (release && a == ps && b == pe) {
+      e->data &= ~bit;
+      e->hide |= c->hide ? bit : 0;
+      memset (page, 0, STORE_PAGE);
+      continue;
+    }
+    if (cls == STORE_SOURCE && (a > ps || b < pe) && base + ps < s->size)
+      store_read (s->source, page, MIN (STORE_PAGE, s->size - base - ps),
+                  base + ps);
+    if (src)
+      memcpy (page + (a - ps), src + (a - from), b - a);
+    else
+      memset (page + (a - ps), 0, b - a);
+    if (cls != STORE_DATA && !store_is_zero (page, STORE_PAGE))
+      e->data |= bit;
+    if (cls == STORE_SOURCE || (e->data & bit))
+      e->hide |= c->hide ? bit : 0;
+  }
+  e->blob = NULL;
+  if (e->data != 0 && (e->blob = codec_pack (s->codec, buf)) == NULL)
+    return -1;
+  e->held = (int64_t) (e->blob ? codec_held (e->blob) : 0)
+            - (int64_t) (old ? codec_held (old) : 0);
+  return 0;
+}
+
+/* Install edit e of locked unit u of chunk c; count pages gained and
+ * released.  Bits are set before they are cleared, hide between (C2).
+ */
+static void
+store_unit_install (struct chunk *c, uint64_t u, struct store_unit_edit *e,
+                    uint64_t *gained, uint64_t *released)
+{
+  uint64_t p0 = u * STORE_UNIT_PAGES, w = p0 / 64;
+  uint64_t mask = (((uint64_t) 1 << STORE_UNIT_PAGES) - 1) << (p0 % 64);
+  uint64_t old = atomic_load_explicit (&c->map[w], memory_order_relaxed)
+                 & mask;
+
+  codec_free (c->unit[u]);
+  c->unit[u] = e->blob;
+  atomic_fetch_or_explicit (&c->map[w], e->data & ~old, memory_order_release);
+  if (c->hide)
+    atomic_fetch_or_explicit (&c->hide[w], e->hide, memory_order_release);
+  atomic_fetch_and_explicit (&c->map[w], ~(old & ~e->data),
+                             memory_order_release);
+  *gained += __builtin_popcountll (e->data & ~old);
+  *released += __builtin_popcountll (old & ~e->data);
+}
+
+/* Read [coff, coff+n) of chunk c (at base) of a compressed store into
+ * out, a unit at a time under its locks; -1 with errno.
+ */
+static int
+store_read_units (struct store *s, struct chunk *c, uint64_t base,
+                  unsigned char *out, uint64_t coff, uint64_t n)
+{
+  unsigned char buf[CODEC_UNIT];
+  uint64_t p, q, end = coff + n;
+  int r = 0;
+
+  store_unit_span (coff, n, &p, &q);
+  for (; p < q && r == 0; p += STORE_UNIT_PAGES) {
+    uint64_t us = p << STORE_PAGE_SHIFT;
+    uint64_t a = MAX (coff, us), b = MIN (end, us + CODEC_UNIT);
+
+    store_lock_pages (c, p, p + STORE_UNIT_PAGES);
+    if (c->unit[p / STORE_UNIT_PAGES])
+      r = codec_unpack (c->unit[p / STORE_UNIT_PAGES], buf);
+    while (a < b && r == 0) {
+      enum store_class cls;
+      uint64_t run = store_run (c, a, b, &cls);
+      unsigned char *to = out + (a - coff);
+
+      if (cls == STORE_DATA)
+        memcpy (to, buf + (a - us), run - a);
+      else if (cls == STORE_ZERO)
+        memset (to, 0, run - a);
+      else
+        store_read_source (s, to, run - a, base + a);
+      a = run;
+    }
+    store_unlock_pages (c, p, p + STORE_UNIT_PAGES);
+  }
+  return r;
+}
+
+/* store_write for a compressed store (Z2). */
+static int
+store_write_units (struct store *s, const unsigned char *in,
+                   uint64_t count, uint64_t offset)
+{
+  struct chunk *stack[STORE_STACK_PIECES], **chunks = stack;
+  struct store_unit_edit *edits;
+  uint64_t first = offset >> s->chunk_shift, units = 0, k = 0;
+  uint64_t pieces = ((offset + count - 1) >> s->chunk_shift) - first + 1;
+  uint64_t gained = 0, released = 0, reserved = 0;
+  int64_t held = 0;
+  int r = -1;
+
+  if (store_write_grow (s, in, count, offset) == -1)
+    return -1;
+  if (pieces > STORE_STACK_PIECES &&
+      (chunks = malloc (pieces * sizeof *chunks)) == NULL)
+    return -1;
+  /* Every chunk piece spans whole units: at most two more than its
+   * bytes make up.
+   */
+  units = count / CODEC_UNIT + 2 * pieces;
+  if ((edits = malloc (units * sizeof *edits)) == NULL)
+    goto out_chunks;
+  store_write_lock (s, count, offset, chunks, true);
+  FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
+    struct chunk *c = chunks[idx - first];
+    uint64_t p, q;
+
+    if (c == NULL)
+      continue;
+    store_unit_span (coff, n, &p, &q);
+    for (; p < q; p += STORE_UNIT_PAGES, k++) {
+      if (store_unit_rebuild (s, c, idx << s->chunk_shift,
+                              p / STORE_UNIT_PAGES, coff, coff + n,
+                              in + done, false, &edits[k]) == -1)
+        goto out_free;
+      held += edits[k].held;
+    }
+  }
+  if (held > 0 && store_reserve (s, held) == -1)
+    goto out_free;
+  reserved = held > 0 ? held : 0;
+  k = 0;
+  FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
+    struct chunk *c = chunks[idx - first];
+    uint64_t p, q;
+
+    if (c == NULL)
+      continue;
+    store_unit_span (coff, n, &p, &q);
+    for (; p < q; p += STORE_UNIT_PAGES, k++)
+      store_unit_install (c, p / STORE_UNIT_PAGES, &edits[k],
+                          &gained, &released);
+  }
+  store_settle (s, reserved, gained, released, held);
+  r = 0;
+  k = 0;                        /* nothing left to free */
+ out_free:
+  while (k-- > 0)
+    codec_free (edits[k].blob);
+  store_write_lock (s, count, offset, chunks, false);
+  free (edits);
+ out_chunks:
+  if (chunks != stack)
+    free (chunks);
+  return r;
+}
+
+/* Zero [coff, coff+n) of chunk c (at base) of a compressed store, whose
+ * reservation the caller made (Z2); counts pages released and gained and
+ * the change in bytes held.  -1 with errno (nothing of the failing unit
+ * changes).
+ */
+static int
+store_zero_units (struct store *s, struct chunk *c, uint64_t base,
+                  uint64_t coff, uint64_t n, uint64_t *released,
+                  uint64_t *gained, int64_t *held)
+{
+  uint64_t p, q, end = coff + n;
+  int r = 0;
+
+  /* The device's last partial page goes whole when zeroed to the end. */
+  if (base + end == s->size)
+    end = (end + STORE_PAGE - 1) & ~(STORE_PAGE - 1);
+  store_unit_span (coff, n, &p, &q);
+  store_lock_pages (c, p, q);
+  for (uint64_t u = p / STORE_UNIT_PAGES; u < q / STORE_UNIT_PAGES; u++) {
+    uint64_t us = u * CODEC_UNIT;
+    bool partial = (coff > us && coff < us + CODEC_UNIT &&
+                    coff % STORE_PAGE != 0) ||
+                   (end > us && end < us + CODEC_UNIT && end % STORE_PAGE != 0);
+    struct store_unit_edit e;
+
+    if ((r = store_unit_rebuild (s, c, base, u, coff, end, NULL, true, &e))
+        == -1)
+      break;
+    if (!partial && e.held > 0 && c->unit[u] != NULL) {
+      /* Releases only: keep the old, smaller blob (Z2). */
+      codec_free (e.blob);
+      e.blob = c->unit[u];
+      c->unit[u] = NULL;
+      e.held = 0;
+    }
+    store_unit_install (c, u, &e, gained, released);
+    *held += e.held;
+  }
+  store_unlock_pages (c, p, q);
   return r;
 }
 

@@ -6,6 +6,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "codec.h"
+
 /* The store tracks data in 4 KiB pages inside chunks of
  * 2^chunk_shift bytes (4 KiB to 1 GiB).
  */
@@ -34,6 +36,11 @@ extern struct store *store_create_clone (struct store *source,
 extern void store_destroy (struct store *s);
 extern uint64_t store_size (const struct store *s);
 extern uint64_t store_allocated (const struct store *s);
+extern uint64_t store_data (const struct store *s);
+extern int store_set_codec (struct store *s, enum codec c);
+extern enum codec store_codec (const struct store *s);
+extern int store_set_mlock (struct store *s);
+extern uint64_t store_pin_failures (const struct store *s);
 extern uint64_t store_chunks (const struct store *s);
 extern int store_read (struct store *s, void *buf,
                        uint64_t count, uint64_t offset);

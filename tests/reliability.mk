@@ -86,7 +86,7 @@ FUZZ_FLAGS   := -g -O1 -fsanitize=fuzzer,address,undefined \
 build/fuzz/fuzz-store: tests/fuzz/fuzz-store.c $(STORE_SRCS) $(HEADERS)
 	@mkdir -p build/fuzz
 	$(FUZZ_CC) -std=gnu11 $(WARN) $(FUZZ_FLAGS) -pthread -Iplugin \
-	  -o $@ tests/fuzz/fuzz-store.c $(STORE_SRCS)
+	  -o $@ tests/fuzz/fuzz-store.c $(STORE_SRCS) $(CODEC_LIBS)
 
 fuzz: build/fuzz/fuzz-store
 	@mkdir -p build/fuzz/corpus

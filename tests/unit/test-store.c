@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "codec.h"
 #include "store.h"
 
 #define KiB ((uint64_t) 1 << 10)
@@ -357,11 +358,29 @@ START_TEST (test_memory_cap)
 }
 END_TEST
 
-/* Random unaligned writes, zeroes and reads against a flat reference. */
+/* The codecs loop tests run with: _i is one of these. */
+static const enum codec codecs[] = { CODEC_NONE, CODEC_ZSTD, CODEC_LZ4 };
+#define NCODECS 3
+
+/* A store as store_create makes it, keeping its data with codec c. */
+static struct store *
+store_create_codec (uint64_t size, unsigned shift, struct store_limit *limit,
+                    enum codec c)
+{
+  struct store *s = store_create (size, shift, limit);
+
+  ck_assert_ptr_nonnull (s);
+  ck_assert_int_eq (store_set_codec (s, c), 0);
+  return s;
+}
+
+/* Random unaligned writes, zeroes and reads against a flat reference,
+ * for each codec.
+ */
 START_TEST (test_random_against_reference)
 {
   const uint64_t size = 3 * MiB + 12345;
-  struct store *s = store_create (size, 16, NULL);       /* 64 KiB chunks */
+  struct store *s = store_create_codec (size, 16, NULL, codecs[_i]);
   unsigned char *ref = calloc (1, size), *buf = malloc (size);
   unsigned seed = 12345;
 
@@ -391,7 +410,7 @@ START_TEST (test_random_against_reference)
   }
   ck_assert_int_eq (store_read (s, buf, size, 0), 0);
   ck_assert (memcmp (buf, ref, size) == 0);
-  ck_assert_uint_le (store_allocated (s), (size + STORE_PAGE) & ~(STORE_PAGE - 1));
+  ck_assert_uint_le (store_data (s), (size + STORE_PAGE) & ~(STORE_PAGE - 1));
   free (ref);
   free (buf);
   store_destroy (s);
@@ -441,7 +460,7 @@ START_TEST (test_threads_disjoint)
 {
   struct store_limit limit = { .max = UINT64_MAX };
   /* 128 KiB chunks: every chunk is shared by all eight threads. */
-  struct store *s = store_create (32 * MiB, 17, &limit);
+  struct store *s = store_create_codec (32 * MiB, 17, &limit, codecs[_i]);
   struct worker w[NTHREADS];
   pthread_t t[NTHREADS];
   unsigned char out[SLICE];
@@ -461,9 +480,10 @@ START_TEST (test_threads_disjoint)
     ck_assert_int_eq (store_read (s, out, SLICE, off), 0);
     ck_assert (holds (out, SLICE, off, 6));
   }
-  ck_assert_uint_eq (store_allocated (s), 32 * MiB);
-  ck_assert_uint_eq (atomic_load (&limit.used), 32 * MiB);
+  ck_assert_uint_eq (store_data (s), 32 * MiB);
+  ck_assert_uint_eq (atomic_load (&limit.used), store_allocated (s));
   store_destroy (s);
+  ck_assert_uint_eq (atomic_load (&limit.used), 0);
 }
 END_TEST
 
@@ -493,6 +513,7 @@ struct racer {
   _Atomic unsigned done;        /* rounds finished by this thread */
   void (*op) (void *arg, unsigned round);
   void *arg;
+  unsigned rounds;              /* RACE_ROUNDS if 0 */
   pthread_t thread;
 };
 
@@ -528,8 +549,9 @@ static void *
 racer_run (void *arg)
 {
   struct racer *r = arg;
+  unsigned rounds = r->rounds ? r->rounds : RACE_ROUNDS;
 
-  for (unsigned round = 1; round <= RACE_ROUNDS; round++) {
+  for (unsigned round = 1; round <= rounds; round++) {
     race_wait (&r->go, round);
     r->op (r->arg, round);
     atomic_store (&r->done, round);
@@ -602,10 +624,15 @@ START_TEST (test_race_write_trim_stability)
 {
   time_t start = time (NULL);
   struct store_limit limit = { .max = UINT64_MAX };
-  struct race_plan pl = { .s = store_create (RACE_DEV, 24, &limit) };
-  struct racer t = { .op = race_trim_page, .arg = &pl };
+  struct race_plan pl = {
+    .s = store_create_codec (RACE_DEV, 24, &limit, codecs[_i]),
+  };
   unsigned char page[4096], again[4096], small[512];
   unsigned seed = 4242, unstable = 0, mixed = 0, miscounted = 0;
+  /* A compressed write packs all 4 MiB: fewer rounds. */
+  const unsigned rounds = codecs[_i] == CODEC_NONE ? RACE_ROUNDS
+                                                   : RACE_ROUNDS / 10;
+  struct racer t = { .op = race_trim_page, .arg = &pl, .rounds = rounds };
 
   for (int i = 0; i < 2; i++) {
     pl.data[i] = malloc (RACE_WRITE);
@@ -613,7 +640,7 @@ START_TEST (test_race_write_trim_stability)
   }
   ck_assert_int_eq (store_write (pl.s, pl.data[0], RACE_WRITE, RACE_WRITE), 0);
   ck_assert_int_eq (pthread_create (&t.thread, NULL, racer_run, &t), 0);
-  for (unsigned round = 1; round <= RACE_ROUNDS; round++) {
+  for (unsigned round = 1; round <= rounds; round++) {
     uint64_t page_off, data = 0;
 
     /* The big write goes over data (pages with set bits); the trim
@@ -639,18 +666,18 @@ START_TEST (test_race_write_trim_stability)
         memcmp (again + 512, page + 512, sizeof page - 512) != 0)
       unstable++;
     ck_assert_int_eq (store_extents (pl.s, RACE_DEV, 0, sum_data, &data), 0);
-    if (data != store_allocated (pl.s) ||
+    if (data != store_data (pl.s) ||
         atomic_load (&limit.used) != store_allocated (pl.s))
       miscounted++;
   }
   pthread_join (t.thread, NULL);
   ck_assert_int_eq (pl.errors, 0);
   ck_assert_msg (unstable == 0 && mixed == 0 && miscounted == 0,
-                 "of %d rounds: %u pages changed their mind, %u held a mix "
+                 "of %u rounds: %u pages changed their mind, %u held a mix "
                  "of data and zeroes, %u miscounted",
-                 RACE_ROUNDS, unstable, mixed, miscounted);
-  fprintf (stderr, "write/trim race: %d rounds in %ld s, all stable\n",
-           RACE_ROUNDS, (long) (time (NULL) - start));
+                 rounds, unstable, mixed, miscounted);
+  fprintf (stderr, "write/trim race (%s): %u rounds in %ld s, all stable\n",
+           codec_name (codecs[_i]), rounds, (long) (time (NULL) - start));
   store_destroy (pl.s);
   ck_assert_uint_eq (atomic_load (&limit.used), 0);
   free (pl.data[0]);
@@ -1037,6 +1064,7 @@ START_TEST (test_clone_random_against_reference)
   }
   memcpy (ref, sref, size);
   c = store_create_clone (src, NULL);
+  ck_assert_int_eq (store_set_codec (c, codecs[_i]), 0);
   for (int i = 0; i < 3000; i++) {
     uint64_t off = rand_r (&seed) % size;
     uint64_t len = 1 + rand_r (&seed) % (rand_r (&seed) % 4 ? 9000 : 300000);
@@ -1142,6 +1170,186 @@ START_TEST (test_race_clone_reads)
 }
 END_TEST
 
+/* Fill buf with len bytes that do not compress (xorshift64). */
+static void
+fill_random (unsigned char *buf, uint64_t len, uint64_t seed)
+{
+  uint64_t x = seed * 0x9e3779b97f4a7c15ULL | 1;
+
+  for (uint64_t i = 0; i < len; i += 8) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    memcpy (buf + i, &x, len - i < 8 ? len - i : 8);
+  }
+}
+
+/* Fill buf with len bytes of text-like data: words from a small
+ * vocabulary, which compresses as real files do.
+ */
+static void
+fill_text (unsigned char *buf, uint64_t len, unsigned seed)
+{
+  static const char *words[] = {
+    "block ", "device ", "memory ", "page ", "the ", "of ", "nbdkit ",
+    "clone ", "write ", "read ", "\n", "zero ", "trim ", "extent ",
+  };
+  uint64_t i = 0;
+
+  while (i < len) {
+    const char *w = words[rand_r (&seed) % 14];
+    for (; *w && i < len; w++)
+      buf[i++] = *w;
+  }
+}
+
+/* codec_pack keeps same-filled units in a word, compresses text, and
+ * keeps random data raw rather than growing it; unpack gives it back.
+ */
+START_TEST (test_codec_units)
+{
+  unsigned char in[CODEC_UNIT], out[CODEC_UNIT];
+  void *b;
+
+  memset (in, 0x5a, sizeof in);                  /* same-filled */
+  b = codec_pack (codecs[_i], in);
+  ck_assert_uint_le (codec_held (b), 40);
+  ck_assert_int_eq (codec_unpack (b, out), 0);
+  ck_assert (memcmp (in, out, sizeof in) == 0);
+  codec_free (b);
+  for (size_t i = 0; i < sizeof in; i += 8)      /* one repeated word */
+    memcpy (in + i, "\x01\x02\x03\x04\x05\x06\x07\x08", 8);
+  b = codec_pack (codecs[_i], in);
+  ck_assert_uint_le (codec_held (b), 40);
+  ck_assert_int_eq (codec_unpack (b, out), 0);
+  ck_assert (memcmp (in, out, sizeof in) == 0);
+  codec_free (b);
+  fill_text (in, sizeof in, 3);                  /* compressible */
+  b = codec_pack (codecs[_i], in);
+  ck_assert_uint_lt (codec_held (b), CODEC_UNIT / 2);
+  ck_assert_int_eq (codec_unpack (b, out), 0);
+  ck_assert (memcmp (in, out, sizeof in) == 0);
+  codec_free (b);
+  fill_random (in, sizeof in, 4);                /* incompressible */
+  b = codec_pack (codecs[_i], in);
+  ck_assert_uint_le (codec_held (b), codec_max_held ());
+  ck_assert_uint_ge (codec_held (b), CODEC_UNIT);
+  ck_assert_int_eq (codec_unpack (b, out), 0);
+  ck_assert (memcmp (in, out, sizeof in) == 0);
+  codec_free (b);
+}
+END_TEST
+
+/* A compressed store holds text in less than its size, random data in
+ * about its size, same-filled pages in next to nothing; partial writes,
+ * trims and zeroes work page by page inside units; extents stay exact
+ * to the page; the cap counts the bytes really held.
+ */
+START_TEST (test_compressed_pages)
+{
+  struct store_limit limit = { .max = UINT64_MAX };
+  struct store *s = store_create_codec (64 * MiB, 20, &limit, codecs[_i]);
+  unsigned char *text = malloc (MiB), *rnd = malloc (MiB), *out = malloc (MiB);
+  struct extent_list l = { 0 };
+
+  fill_text (text, MiB, 1);
+  fill_random (rnd, MiB, 2);
+  ck_assert_int_eq (store_write (s, text, MiB, 0), 0);
+  ck_assert_uint_eq (store_data (s), MiB);
+  ck_assert_uint_lt (store_allocated (s), MiB / 2);
+  ck_assert_uint_eq (atomic_load (&limit.used), store_allocated (s));
+  ck_assert_int_eq (store_write (s, rnd, MiB, 8 * MiB), 0);
+  ck_assert_uint_le (store_allocated (s), MiB / 2 + MiB + 64 * KiB);
+  memset (out, 0x33, MiB);                               /* same-filled */
+  uint64_t before = store_allocated (s);
+  ck_assert_int_eq (store_write (s, out, MiB, 16 * MiB), 0);
+  ck_assert_uint_le (store_allocated (s) - before, 64 * 40);
+  ck_assert_int_eq (store_read (s, out, MiB, 0), 0);
+  ck_assert (memcmp (out, text, MiB) == 0);
+  ck_assert_int_eq (store_read (s, out, MiB, 8 * MiB), 0);
+  ck_assert (memcmp (out, rnd, MiB) == 0);
+
+  /* A partial write into a compressed page, across a unit boundary. */
+  ck_assert_int_eq (store_write (s, "HELLO", 5, CODEC_UNIT - 2), 0);
+  memcpy (text + CODEC_UNIT - 2, "HELLO", 5);
+  ck_assert_int_eq (store_read (s, out, 64 * KiB, 0), 0);
+  ck_assert (memcmp (out, text, 64 * KiB) == 0);
+  /* Trim one page in the middle of a unit: a hole of one page. */
+  ck_assert_int_eq (store_zero (s, STORE_PAGE, 8 * MiB + STORE_PAGE), 0);
+  memset (rnd + STORE_PAGE, 0, STORE_PAGE);
+  ck_assert_uint_eq (store_data (s), 3 * MiB - STORE_PAGE);
+  ck_assert_int_eq (store_extents (s, 4 * STORE_PAGE, 8 * MiB,
+                                   collect_extent, &l), 0);
+  ck_assert_uint_eq (l.n, 3);
+  ck_assert (!l.hole[0]); ck_assert_uint_eq (l.len[0], STORE_PAGE);
+  ck_assert (l.hole[1]);  ck_assert_uint_eq (l.len[1], STORE_PAGE);
+  ck_assert (!l.hole[2]); ck_assert_uint_eq (l.len[2], 2 * STORE_PAGE);
+  /* Zero part of a page: zeroes there, the rest kept. */
+  ck_assert_int_eq (store_zero (s, 100, 8 * MiB + 3 * STORE_PAGE + 10), 0);
+  memset (rnd + 3 * STORE_PAGE + 10, 0, 100);
+  ck_assert_int_eq (store_read (s, out, MiB, 8 * MiB), 0);
+  ck_assert (memcmp (out, rnd, MiB) == 0);
+  /* A write of zeroes into a hole stays a hole. */
+  memset (out, 0, MiB);
+  ck_assert_int_eq (store_write (s, out, MiB, 32 * MiB), 0);
+  ck_assert_uint_eq (store_data (s), 3 * MiB - STORE_PAGE);
+  ck_assert_uint_eq (atomic_load (&limit.used), store_allocated (s));
+  /* Trimming everything gives every byte back. */
+  ck_assert_int_eq (store_zero (s, 64 * MiB, 0), 0);
+  ck_assert_uint_eq (store_data (s), 0);
+  ck_assert_uint_eq (store_allocated (s), 0);
+  ck_assert_uint_eq (atomic_load (&limit.used), 0);
+  ck_assert_int_eq (store_read (s, out, MiB, 8 * MiB), 0);
+  ck_assert (all_zero (out, MiB));
+  store_destroy (s);
+  free (text);
+  free (rnd);
+  free (out);
+}
+END_TEST
+
+/* At a cap counted in compressed bytes, a write that does not fit fails
+ * with ENOSPC and changes nothing; one that compresses well still fits.
+ */
+START_TEST (test_compressed_enospc)
+{
+  struct store_limit limit = { .max = 256 * KiB };
+  struct store *s = store_create_codec (64 * MiB, 20, &limit, codecs[_i]);
+  unsigned char *rnd = malloc (MiB), *text = malloc (MiB), *out = malloc (MiB);
+  uint64_t used;
+
+  fill_random (rnd, MiB, 5);
+  fill_text (text, MiB, 6);
+  ck_assert_int_eq (store_write (s, rnd, 192 * KiB, 0), 0);
+  used = atomic_load (&limit.used);
+  ck_assert_uint_eq (used, store_allocated (s));
+  errno = 0;
+  ck_assert_int_eq (store_write (s, rnd, 128 * KiB, MiB), -1);
+  ck_assert_int_eq (errno, ENOSPC);
+  ck_assert_uint_eq (atomic_load (&limit.used), used);
+  ck_assert_int_eq (store_read (s, out, 128 * KiB, MiB), 0);
+  ck_assert (all_zero (out, 128 * KiB));
+  /* Overwriting held random data with text shrinks it and fits. */
+  ck_assert_int_eq (store_write (s, text, 128 * KiB, 0), 0);
+  ck_assert_uint_lt (atomic_load (&limit.used), used);
+  ck_assert_int_eq (store_read (s, out, 128 * KiB, 0), 0);
+  ck_assert (memcmp (out, text, 128 * KiB) == 0);
+  /* A refused overwrite that would grow leaves the old data. */
+  ck_assert_int_eq (store_write (s, rnd, 128 * KiB, 2 * MiB), 0);
+  used = atomic_load (&limit.used);
+  if (store_write (s, rnd + 7, 128 * KiB, 0) == -1) {
+    ck_assert_int_eq (errno, ENOSPC);
+    ck_assert_uint_eq (atomic_load (&limit.used), used);
+    ck_assert_int_eq (store_read (s, out, 128 * KiB, 0), 0);
+    ck_assert (memcmp (out, text, 128 * KiB) == 0);
+  }
+  ck_assert_uint_le (atomic_load (&limit.used), limit.max);
+  store_destroy (s);
+  ck_assert_uint_eq (atomic_load (&limit.used), 0);
+  free (rnd);
+  free (text);
+  free (out);
+}
+END_TEST
+
 /* Build the suite. */
 static Suite *
 store_suite (void)
@@ -1160,16 +1368,19 @@ store_suite (void)
   tcase_add_test (tc, test_extents);
   tcase_add_test (tc, test_extents_stop);
   tcase_add_test (tc, test_memory_cap);
-  tcase_add_test (tc, test_random_against_reference);
-  tcase_add_test (tc, test_threads_disjoint);
-  tcase_add_test (tc, test_race_write_trim_stability);
+  tcase_add_loop_test (tc, test_random_against_reference, 0, NCODECS);
+  tcase_add_loop_test (tc, test_threads_disjoint, 0, NCODECS);
+  tcase_add_loop_test (tc, test_race_write_trim_stability, 0, NCODECS);
   tcase_add_test (tc, test_race_memory_cap);
   tcase_add_test (tc, test_clone_view);
   tcase_add_test (tc, test_clone_write);
   tcase_add_test (tc, test_clone_trim);
   tcase_add_test (tc, test_clone_chain);
   tcase_add_test (tc, test_clone_enospc);
-  tcase_add_test (tc, test_clone_random_against_reference);
+  tcase_add_loop_test (tc, test_clone_random_against_reference, 0, NCODECS);
+  tcase_add_loop_test (tc, test_codec_units, 1, NCODECS);
+  tcase_add_loop_test (tc, test_compressed_pages, 1, NCODECS);
+  tcase_add_loop_test (tc, test_compressed_enospc, 1, NCODECS);
   tcase_add_test (tc, test_race_clone_reads);
   suite_add_tcase (s, tc);
   return s;
