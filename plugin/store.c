@@ -1194,7 +1194,14 @@ store_read_units (struct store *s, struct chunk *c, uint64_t base,
     uint64_t a = MAX (coff, us), b = MIN (end, us + CODEC_UNIT);
 
     store_lock_pages (c, p, p + STORE_UNIT_PAGES);
-    if (c->unit[p / STORE_UNIT_PAGES])
+    if (a == us && b == us + CODEC_UNIT &&
+        ((store_class_bits (c, p / 64, STORE_DATA) >> (p % 64))
+         & ((1u << STORE_UNIT_PAGES) - 1)) == (1u << STORE_UNIT_PAGES) - 1) {
+      /* The whole unit, all data: straight into out. */
+      r = codec_unpack (c->unit[p / STORE_UNIT_PAGES], out + (a - coff));
+      a = b;
+    }
+    else if (c->unit[p / STORE_UNIT_PAGES])
       r = codec_unpack (c->unit[p / STORE_UNIT_PAGES], buf);
     while (a < b && r == 0) {
       enum store_class cls;

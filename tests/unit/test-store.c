@@ -631,7 +631,7 @@ START_TEST (test_race_write_trim_stability)
   unsigned seed = 4242, unstable = 0, mixed = 0, miscounted = 0;
   /* A compressed write packs all 4 MiB: fewer rounds. */
   const unsigned rounds = codecs[_i] == CODEC_NONE ? RACE_ROUNDS
-                                                   : RACE_ROUNDS / 10;
+                                                   : RACE_ROUNDS / 20;
   struct racer t = { .op = race_trim_page, .arg = &pl, .rounds = rounds };
 
   for (int i = 0; i < 2; i++) {
