@@ -1,5 +1,6 @@
 # memblock benchmarks: shared helpers (servers, CPU pinning, /proc readings).
-# Measures nothing itself; fio-bench.py and sparse-bench.py use it.
+# Measures nothing itself; fio-bench.py, sparse-bench.py and clone-bench.py
+# use it.
 
 import json
 import os
@@ -58,7 +59,7 @@ class Server:
         self.sock = os.path.join(sockdir, label + ".sock")
         self.pidfile = os.path.join(workdir, label + ".pid")
         self.logfile = os.path.join(workdir, label + ".log")
-        self.uri = "nbd+unix:///?socket=" + self.sock
+        self.uri = self.export_uri("")
         for f in (self.sock, self.pidfile):
             if os.path.exists(f):
                 os.unlink(f)
@@ -67,6 +68,8 @@ class Server:
         if cpu is not None:
             cmd = ["taskset", "-c", str(cpu)] + cmd
         self.cmd = cmd
+        # When nbdkit was started (for start-up times, see wait_nbd).
+        self.started = time.monotonic()
         with open(self.logfile, "w") as logf:
             self.proc = subprocess.Popen(cmd, stdout=logf,
                                          stderr=subprocess.STDOUT)
@@ -82,6 +85,10 @@ class Server:
             time.sleep(0.02)
         # taskset execs nbdkit, so the child's pid is nbdkit's.
         self.pid = self.proc.pid
+
+    def export_uri(self, export):
+        """The URI of one export (device) of this server."""
+        return "nbd+unix:///%s?socket=%s" % (export, self.sock)
 
     def read_log(self):
         try:
@@ -102,11 +109,7 @@ class Server:
 
     def rss(self):
         """Resident set size in bytes (VmRSS)."""
-        with open("/proc/%d/status" % self.pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * KiB
-        raise RuntimeError("no VmRSS for pid %d" % self.pid)
+        return proc_rss(self.pid)
 
     def set_cpus(self, cpulist):
         """Move every thread of the server to cpulist (new threads follow)."""
@@ -152,6 +155,41 @@ class Servers:
             s.stop()
         self.list = []
         shutil.rmtree(self.sockdir, ignore_errors=True)
+
+
+def proc_rss(pid):
+    """Resident set size of process pid in bytes (VmRSS)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * KiB
+    raise RuntimeError("no VmRSS for pid %d" % pid)
+
+
+def wait_nbd(uri, proc=None, timeout=120):
+    """Wait until an NBD handshake with uri succeeds (the server accepts
+    connections and serves that export); returns time.monotonic() then.
+    Raises if proc (a Popen) exits first or after timeout seconds.
+    """
+    import nbd
+    deadline = time.monotonic() + timeout
+    while True:
+        h = nbd.NBD()
+        try:
+            h.connect_uri(uri)
+            t = time.monotonic()
+            h.shutdown()
+            return t
+        except nbd.Error as e:
+            err = e
+        del h
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("server exited (%s) before %s answered: %s" %
+                               (proc.returncode, uri, err))
+        if time.monotonic() > deadline:
+            raise RuntimeError("%s: no NBD handshake after %d s: %s" %
+                               (uri, timeout, err))
+        time.sleep(0.005)
 
 
 def median(xs):

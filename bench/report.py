@@ -1,11 +1,13 @@
 #!/usr/bin/python3
 # memblock benchmarks: the result tables, ratios and target verdicts.
 #
-# Reads what fio-bench.py, sparse-bench.py and store-bench wrote into
-# the results directory and prints medians of every figure, the ratios
-# of memblock to nbdkit memory (sparse), memory allocator=malloc and
-# null, and a met/MISSED line per target.  Exits 1 if a part's results
-# are missing or incomplete; with --strict, also if a target is missed.
+# Reads what fio-bench.py, sparse-bench.py, clone-bench.py and
+# store-bench wrote into the results directory and prints medians of every
+# figure, the ratios of memblock to nbdkit memory (sparse), memory
+# allocator=malloc and null, memblock clones beside full copies and
+# qemu-storage-daemon, and a met/MISSED line per target.  Exits 1 if a
+# part's results are missing or incomplete; with --strict, also if a
+# target is missed.
 
 import argparse
 import json
@@ -193,6 +195,141 @@ def sparse_section(r, d):
              ratio(walk["memblock"][1], walk["memory"][1]), 0.5, False)
 
 
+def clone_section(r, d):
+    """Golden image and clones: clone-bench.py's results."""
+    title = "Golden image and writable clones"
+    if d is None:
+        r.out(title + ": MISSING")
+        r.incomplete.append("clone")
+        r.out()
+        return
+    img, n, w = d["image"], d["clones"], d["write"]
+    # The image's data: its allocated size (du -B1).  What SEEK_DATA
+    # reports of it can change after mkfs (ext4 turns unwritten extents
+    # into written ones on writeback); the allocated size does not.
+    data = img["allocated"]
+    r.out("%s: %d of a %d MiB ext4 image (mkfs.ext4 -d, %s)" %
+          (title, n, img["size"] // bl.MiB,
+           "kept from an earlier run" if img.get("reused") else
+           "made in %.1f s" % img["mkfs_s"]))
+    r.out("of %d files from %s: %.0f MiB, %.0f MiB allocated.  Image:" %
+          (img["files"], " ".join(img["sources"]), img["files_bytes"] / bl.MiB,
+           img["files_alloc"] / bl.MiB))
+    r.out("%.0f MiB allocated (du -B1: \"data\" below), %.0f MiB in SEEK_DATA "
+          "extents, %.0f MiB" % (data / bl.MiB, img["data"] / bl.MiB,
+                                  img["nonzero"] / bl.MiB))
+    r.out("in non-zero 4 KiB pages.")
+    r.out("Then %d x %.0f MiB of random 4 KiB writes (fio, one job per copy, "
+          "all at once).  Unpinned." % (n, w / bl.MiB))
+    r.out("Set-up: first command until an NBD handshake with the last export "
+          "works, copies included.")
+    r.out("Memory: memblock, nbdkit's VmRSS minus an empty start's with %d "
+          "devices (%.1f MiB);" % (n + 1, d["empty_rss"] / bl.MiB))
+    r.out("qsd, its VmRSS plus the allocated size of its /dev/shm files.")
+    rows = (("clones", "memblock clones"),
+            ("copies", "memblock full copies"),
+            ("qsd", "qsd, qcow2 on /dev/shm"))
+    r.out("%-23s %9s %11s %7s %8s %11s %10s" %
+          ("set-up", "set-up s", "memory MiB", "/ data", "write s",
+           "growth MiB", "/ written"))
+    st = d["setups"]
+    for key, label in rows:
+        v = st.get(key)
+        if v is None or "growth" not in v:
+            r.out("%-23s %9s" % (label, "missing"))
+            r.incomplete.append("clone " + key)
+            continue
+        r.out("%-23s %9.2f %11.1f %7.2f %8.2f %11.1f %10.3f" %
+              (label, v["setup_s"], v["mem_setup"] / bl.MiB,
+               ratio(v["mem_setup"], data), v["write_s"],
+               v["growth"] / bl.MiB, ratio(v["growth"], v["written"])))
+
+    def get(key, field):
+        return st.get(key, {}).get(field)
+    for other, label in (("copies", "clones / full copies"),
+                         ("qsd", "clones / qsd")):
+        r.out("%-23s %9.2f %11.2f %7s %8.2f %11.2f" %
+              (label, ratio(get("clones", "setup_s"), get(other, "setup_s")),
+               ratio(get("clones", "mem_setup"), get(other, "mem_setup")), "",
+               ratio(get("clones", "write_s"), get(other, "write_s")),
+               ratio(get("clones", "growth"), get(other, "growth"))))
+    r.out("memblock clones' memory / the image's non-zero 4 KiB pages: %.3f" %
+          ratio(get("clones", "mem_setup"), img["nonzero"]))
+    r.out("(full copies grow less than they write: they already hold the "
+          "pages that writes")
+    r.out("into the image's data replace; qcow2 allocates 64 KiB clusters.)")
+    r.out()
+
+    rd = d["read"]
+    r.out("4 KiB random read, 1 connection, iodepth 16, %.1f s per run, "
+          "server CPU %d, fio CPU %d," % (d["read_runtime"], d["server_cpu"],
+                                          d["client_cpu"]))
+    r.out("on the clones' server after the writes: median of %d rounds, "
+          "order rotated each round" % d["rounds"])
+    r.out("%-23s %9s %11s %7s" % ("device", "MiB/s", "IOPS", "spread"))
+    med = {}
+    for key, label in (("golden", "golden"),
+                       ("clone", "clone c1 (written)")):
+        xs = rd.get(key, [])
+        if len(xs) < d["rounds"]:
+            r.incomplete.append("clone read " + key)
+        if not xs:
+            r.out("%-23s %9s" % (label, "missing"))
+            med[key] = float("nan")
+            continue
+        mibs = [x["mibs"] for x in xs]
+        med[key] = bl.median(mibs)
+        r.out("%-23s %9.1f %11.0f %6.0f%%" %
+              (label, med[key], bl.median([x["iops"] for x in xs]),
+               100 * (max(mibs) - min(mibs)) / med[key] if med[key] else 0))
+    read_ratio = ratio(med["clone"], med["golden"])
+    pairs = [ratio(c["mibs"], g["mibs"]) for g, c in
+             zip(rd.get("golden", []), rd.get("clone", []))]
+    r.out("%-23s %9.2f   (each round's own: %s)" %
+          ("clone / golden", read_ratio,
+           " ".join("%.2f" % x for x in pairs)))
+    r.out()
+
+    ld = d["load"]
+    lm = {}
+    for key in ("empty", "file", "copy"):
+        xs = ld.get(key, [])
+        if len(xs) < d["load_rounds"]:
+            r.incomplete.append("clone load " + key)
+        lm[key] = bl.median([x["s"] for x in xs])
+    load = lm["file"] - lm["empty"]
+    file_rss = bl.median([x["rss"] for x in ld.get("file", [])])
+    r.out("Loading the image: median of %d rounds, order rotated, unpinned "
+          "(MiB/s: SEEK_DATA bytes / s)" % d["load_rounds"])
+    r.out("  nbdkit start, name=g:ro:size=<image size>, until it answers  "
+          "%8.3f s" % lm["empty"])
+    r.out("  nbdkit start, name=g:ro:file=<image>, until it answers       "
+          "%8.3f s  (RSS %.0f MiB)" % (lm["file"], file_rss / bl.MiB))
+    r.out("  load: the :file= start minus the empty start                 "
+          "%8.3f s  %7.0f MiB/s" %
+          (load, ratio(img["data"] / bl.MiB, load) if load > 0
+           else float("nan")))
+    r.out("  nbdcopy <image> into a running memblock name=d:size=<size>   "
+          "%8.3f s  %7.0f MiB/s" %
+          (lm["copy"], ratio(img["data"] / bl.MiB, lm["copy"])))
+    r.out("  load / nbdcopy %.2f (the whole :file= start / nbdcopy: %.2f)" %
+          (ratio(load, lm["copy"]), ratio(lm["file"], lm["copy"])))
+    r.out()
+
+    r.target("clones: set-up time clones/full copies <= 0.25",
+             ratio(get("clones", "setup_s"), get("copies", "setup_s")),
+             0.25, False, "%.3f")
+    r.target("clones: memory after cloning / image data (du) <= 1.05",
+             ratio(get("clones", "mem_setup"), data), 1.05, False, "%.3f")
+    r.target("clones: memory growth / bytes written <= 1.15",
+             ratio(get("clones", "growth"), get("clones", "written")), 1.15,
+             False, "%.3f")
+    r.target("clones: 4 KiB random read clone/golden >= 0.95", read_ratio,
+             0.95, True)
+    r.target("clones: :file= load / nbdcopy of the image <= 0.5",
+             ratio(load, lm["copy"]), 0.5, False)
+
+
 def load_store(path):
     """({(op, bs, threads, variant): GiB/s}, {same: CPUs used}) from
     store-bench output, or None."""
@@ -310,6 +447,7 @@ def main():
         fio_targets(r, ratios)
 
     sparse_section(r, load_json(os.path.join(args.dir, "sparse.json")))
+    clone_section(r, load_json(os.path.join(args.dir, "clone.json")))
     store_section(r, args.dir)
 
     r.out("Targets")

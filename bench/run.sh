@@ -7,6 +7,11 @@
 #             rounds with rotating order, medians) and unpinned  (fio-bench.py)
 #   sparse    RSS amplification, extent precision, 1 TiB block-status
 #             walk and whole-device zero                     (sparse-bench.py)
+#   clone     a golden ext4 image and 8 writable clones: memblock clones
+#             beside memblock full copies and qemu-storage-daemon with
+#             qcow2 overlays on /dev/shm; set-up time, memory, memory per
+#             byte written, clone/golden reads, :file= load beside
+#             nbdcopy                                         (clone-bench.py)
 #   store     in-process store GiB/s beside memcpy and a global mutex
 #                                                              (store-bench.c)
 # then prints the tables, ratios and target verdicts (report.py) and
@@ -16,13 +21,16 @@
 #   --smoke    tiny rounds (about 30 s) that check every part runs
 #   --strict   also exit 1 when a target is missed
 # Exits 1 if any part fails or leaves its table incomplete.
-# A full run takes about 14 minutes.  As root it runs at nice -10 so that
-# other work on the machine disturbs it less (BENCH_NICE=0 turns it off).
+# A full run takes about 16 minutes (the clone part about 2, plus 20 s
+# the first time to make its image, kept in $BENCH_OUT/clone/).  As root
+# it runs at nice -10 so that other work on the machine disturbs it less
+# (BENCH_NICE=0 turns it off).
 # Environment: BENCH_ROUNDS, BENCH_RUNTIME (seconds per fio run),
 # BENCH_SIZE (fio device size), BENCH_SERVER_CPU, BENCH_CLIENT_CPU,
-# BENCH_NICE, CC.
+# BENCH_NICE, CC, MEMBLOCK_SO (the plugin to measure; default
+# ./memblock.so), BENCH_OUT (results directory; default build/bench).
 
-# The *_args variables and CC are split into words on purpose.
+# The *_args and codec_libs variables and CC are split into words on purpose.
 # shellcheck disable=SC2086
 set -u
 
@@ -42,20 +50,22 @@ for a in "$@"; do
     esac
 done
 
-out=build/bench
-$smoke && out=build/bench/smoke
+out=${BENCH_OUT:-build/bench}
+$smoke && out=$out/smoke
 mkdir -p "$out"
-rm -f "$out"/fio.json "$out"/sparse.json "$out"/store-*.txt \
+rm -f "$out"/fio.json "$out"/sparse.json "$out"/clone.json "$out"/store-*.txt \
       "$out"/results.txt "$out"/*.log
 
 if $smoke; then
     fio_args="--size 64M --rounds 1 --runtime 0.2 --unpinned-workloads 4k-randread-1c"
     sparse_args="--rss-writes 2000 --extent-writes 200 --walk-writes 200 --rounds 1"
+    clone_args="--image-size 32M --data 14M --write 1M --read-runtime 0.2 --rounds 1 --load-rounds 1"
     store_args="-t 0.04 -r 1"
     store_ram=16
 else
     fio_args="--size ${BENCH_SIZE:-1G} --rounds ${BENCH_ROUNDS:-7} --runtime ${BENCH_RUNTIME:-3}"
     sparse_args="--rounds 3"
+    clone_args="--rounds 5 --read-runtime 6 --load-rounds 5"
     store_args="-t 0.25 -r 5"
     store_ram=256
 fi
@@ -84,11 +94,14 @@ part() {
 
 # Prerequisites.
 missing=""
-for cmd in nbdkit fio taskset nbdinfo ${CC:-gcc}; do
+for cmd in nbdkit fio taskset nbdinfo nbdcopy qemu-img qemu-storage-daemon \
+           mkfs.ext4 ${CC:-gcc}; do
     command -v "$cmd" >/dev/null 2>&1 || missing="$missing $cmd"
 done
 $PY -c 'import nbd' 2>/dev/null || missing="$missing python3-libnbd"
-[ -f memblock.so ] || missing="$missing memblock.so(run make)"
+MEMBLOCK_SO=${MEMBLOCK_SO:-$top/memblock.so}
+export MEMBLOCK_SO
+[ -f "$MEMBLOCK_SO" ] || missing="$missing $MEMBLOCK_SO(run make)"
 if [ -n "$missing" ]; then
     echo "bench: missing:$missing" >&2
     exit 1
@@ -96,16 +109,20 @@ fi
 
 began=$(date +%s)
 load=$(cut -d' ' -f1-3 /proc/loadavg)
+# The store's sources and libraries, as the Makefile's STORE_SRCS.
+codec_libs=$(pkg-config --libs libzstd liblz4)
 part build-store-bench /dev/null \
     ${CC:-gcc} -std=gnu11 -Wall -Wextra -Werror -O2 -g -pthread -Iplugin \
     -o "$out/store-bench" bench/store-bench.c \
-    plugin/store.c plugin/chunkdir.c plugin/arena.c
+    plugin/store.c plugin/chunkdir.c plugin/arena.c plugin/codec.c $codec_libs
 part store-ram "$out/store-ram.txt" \
     "$out/store-bench" $store_args -m "$store_ram"
 part store-cache "$out/store-cache.txt" "$out/store-bench" $store_args -m 4
 part sparse /dev/null \
     $PY bench/sparse-bench.py $sparse_args --out "$out/sparse.json"
 part fio /dev/null $PY bench/fio-bench.py $fio_args --out "$out/fio.json"
+part clone /dev/null \
+    $PY bench/clone-bench.py $clone_args --out "$out/clone.json"
 
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
 git diff --quiet HEAD -- plugin 2>/dev/null || rev="$rev with local changes"
@@ -113,7 +130,8 @@ mode=full
 $smoke && mode="smoke (tiny rounds: checks that the bench runs; figures mean little)"
 header="memblock bench, $(date -u '+%Y-%m-%d %H:%M UTC'), $mode
 $(uname -r), $(nproc) CPUs, load before the run $load, nice $nice_n
-$(nbdkit --version 2>/dev/null | head -n 1), $(fio --version), plugin sources at $rev"
+$(nbdkit --version 2>/dev/null | head -n 1), $(fio --version), plugin sources at $rev
+plugin: $MEMBLOCK_SO"
 $PY bench/report.py --dir "$out" --header "$header" $strict \
     >"$out/results.txt"
 rc=$?
