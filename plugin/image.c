@@ -4,8 +4,9 @@
  * with :file=PATH is filled from the file.  Only the file's data is
  * read: SEEK_DATA/SEEK_HOLE skip its holes, and the store keeps all-zero
  * pages as holes, so neither costs memory.  The file is read with large
- * preads (from the page cache, usually) by a few threads, each taking
- * every Nth stripe: the store takes writes in parallel without a lock.
+ * preads (from the page cache, usually) straight into the store's pages
+ * (store_fill), by a few threads each taking every Nth stripe: the
+ * store takes writes in parallel without a lock.
  * The file is read once; changing it later changes nothing.
  */
 
@@ -16,6 +17,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,10 +25,12 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include "config.h"
 #include "image.h"
 
 #define IMAGE_STRIPE ((uint64_t) 64 << 20)   /* a thread's share at a time */
-#define IMAGE_READ ((size_t) 8 << 20)         /* bytes per pread */
+#define IMAGE_READ ((uint64_t) 8 << 20)       /* bytes per store_fill */
+#define IMAGE_PAGE ((uint64_t) 4096)
 #define IMAGE_MAX_THREADS 4
 
 /* Open path for reading as an image; its size in *size.  Returns the
@@ -40,23 +44,24 @@ image_open (const char *path, const char *what, uint64_t *size)
   int fd = open (path, O_RDONLY | O_CLOEXEC);
 
   if (fd == -1) {
-    nbdkit_error ("%s: cannot open the image: %m", what);
+    nbdkit_error ("%s: file=%s: cannot open the image: %m", what, path);
     return -1;
   }
   if (fstat (fd, &st) == -1) {
-    nbdkit_error ("%s: fstat: %m", what);
+    nbdkit_error ("%s: file=%s: fstat: %m", what, path);
     close (fd);
     return -1;
   }
   if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode)) {
-    nbdkit_error ("%s: the image is not a regular file or block device",
-                  what);
+    nbdkit_error ("%s: file=%s: %s", what, path,
+                  S_ISDIR (st.st_mode) ? "is a directory, not an image"
+                  : "is not a regular file or block device");
     close (fd);
     return -1;
   }
   end = lseek (fd, 0, SEEK_END);
   if (end == -1) {
-    nbdkit_error ("%s: lseek: %m", what);
+    nbdkit_error ("%s: file=%s: lseek: %m", what, path);
     close (fd);
     return -1;
   }
@@ -88,12 +93,41 @@ image_fail (struct image_job *j, int err)
   pthread_mutex_unlock (&j->err_lock);
 }
 
-/* Copy the data of [from, to) of the file into the store. */
+/* store_fill callback: pread len bytes at offset of the image into buf;
+ * past the end of the file, zeroes.
+ */
 static int
-image_copy (struct image_job *j, unsigned char *buf, uint64_t from,
-            uint64_t to)
+image_pread (void *opaque, void *buf, uint64_t len, uint64_t offset)
 {
-  while (from < to) {
+  struct image_job *j = opaque;
+  unsigned char *p = buf;
+
+  while (len > 0) {
+    ssize_t r = pread (j->fd, p, len, offset);
+
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r == -1)
+      return -1;
+    if (r == 0) {                       /* the end of the file */
+      memset (p, 0, len);
+      return 0;
+    }
+    p += r;
+    len -= r;
+    offset += r;
+  }
+  return 0;
+}
+
+/* Copy the data of [from, to) of the file (from page-aligned) into the
+ * store, extent by extent, each widened to whole pages (what it takes
+ * from a hole reads as zeroes).
+ */
+static int
+image_copy (struct image_job *j, uint64_t from, uint64_t to)
+{
+  while (from < to && !j->failed) {
     off_t data = lseek (j->fd, from, SEEK_DATA), hole;
 
     if (data == -1 && errno == ENXIO)   /* no data after from */
@@ -105,27 +139,19 @@ image_copy (struct image_job *j, unsigned char *buf, uint64_t from,
     hole = lseek (j->fd, data, SEEK_HOLE);
     if (hole == -1)
       return -1;
+    hole = ((uint64_t) hole + IMAGE_PAGE - 1) & ~(IMAGE_PAGE - 1);
     if ((uint64_t) hole > to)
       hole = to;
-    for (from = data; from < (uint64_t) hole && !j->failed; ) {
-      size_t n = (uint64_t) hole - from < IMAGE_READ ? hole - from : IMAGE_READ;
-      ssize_t r = pread (j->fd, buf, n, from);
+    for (from = data & ~(IMAGE_PAGE - 1);
+         from < (uint64_t) hole && !j->failed; ) {
+      uint64_t n = (uint64_t) hole - from < IMAGE_READ ? hole - from
+                                                       : IMAGE_READ;
 
-      if (r == -1 && errno == EINTR)
-        continue;
-      if (r == -1)
+      if (store_fill (j->s, n, from, image_pread, j) == -1)
         return -1;
-      if (r == 0) {                     /* the file shrank under us */
-        errno = EIO;
-        return -1;
-      }
-      if (store_write (j->s, buf, r, from) == -1)
-        return -1;
-      from += r;
-      j->data += r;
+      from += n;
+      j->data += n;
     }
-    if (j->failed)
-      return 0;
   }
   return 0;
 }
@@ -136,21 +162,15 @@ image_thread (void *arg)
 {
   struct image_job *j = ((void **) arg)[0];
   unsigned first = (uintptr_t) ((void **) arg)[1];
-  unsigned char *buf = malloc (IMAGE_READ);
 
-  if (buf == NULL) {
-    image_fail (j, errno);
-    return NULL;
-  }
   for (uint64_t stripe = first; stripe * IMAGE_STRIPE < j->size && !j->failed;
        stripe += j->nthreads) {
     uint64_t from = stripe * IMAGE_STRIPE;
     uint64_t to = from + IMAGE_STRIPE < j->size ? from + IMAGE_STRIPE : j->size;
 
-    if (image_copy (j, buf, from, to) == -1)
+    if (image_copy (j, from, to) == -1)
       image_fail (j, errno);
   }
-  free (buf);
   return NULL;
 }
 
@@ -201,9 +221,9 @@ image_load (int fd, struct store *s, const char *what)
   if (j.failed) {
     errno = j.err;
     if (j.err == ENOSPC)
-      nbdkit_error ("%s: the image's data does not fit under max-memory "
-                    "(%" PRIu64 " bytes loaded when it ran out)", what,
-                    (uint64_t) j.data);
+      nbdkit_error ("%s: the image's data does not fit under max-memory=%"
+                    PRIu64 " (with what the devices loaded before it hold)",
+                    what, config.max_memory);
     else
       nbdkit_error ("%s: loading the image: %m", what);
     return -1;

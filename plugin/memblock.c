@@ -31,6 +31,7 @@
 struct handle {
   struct device *dev;
   bool readonly;                /* device, connection (:ro) or nbdkit -r */
+  bool used;                    /* a request came (not just a listing) */
   char description[REGISTRY_DESCRIPTION_MAX];
 };
 
@@ -124,14 +125,14 @@ memblock_open (int readonly)
   if (req.readonly == 0 && (readonly || dev->readonly)) {
     nbdkit_error ("export '%s:rw': %s is read-only", dev->label,
                   dev->readonly ? "the device" : "the server (-r)");
-    registry_close (dev);
+    registry_close (dev, false);
     return NULL;
   }
 
-  h = malloc (sizeof *h);
+  h = calloc (1, sizeof *h);
   if (h == NULL) {
-    nbdkit_error ("malloc: %m");
-    registry_close (dev);
+    nbdkit_error ("calloc: %m");
+    registry_close (dev, false);
     return NULL;
   }
   h->dev = dev;
@@ -146,7 +147,7 @@ memblock_close (void *handle)
 {
   struct handle *h = handle;
 
-  registry_close (h->dev);
+  registry_close (h->dev, h->used);
   free (h);
 }
 
@@ -257,6 +258,7 @@ memblock_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
   struct handle *h = handle;
 
   (void) flags;
+  h->used = true;
   if (store_read (h->dev->store, buf, count, offset) == -1)
     return memblock_failed (h, "read", count, offset);
   return 0;
@@ -270,6 +272,7 @@ memblock_pwrite (void *handle, const void *buf, uint32_t count,
   struct handle *h = handle;
 
   (void) flags;
+  h->used = true;
   if (memblock_check_writable (h, "write") == -1)
     return -1;
   if (store_write (h->dev->store, buf, count, offset) == -1)
@@ -286,8 +289,10 @@ memblock_pwrite (void *handle, const void *buf, uint32_t count,
 static int
 memblock_flush (void *handle, uint32_t flags)
 {
-  (void) handle;
+  struct handle *h = handle;
+
   (void) flags;
+  h->used = true;
   return 0;
 }
 
@@ -296,6 +301,7 @@ static int
 memblock_zero_range (struct handle *h, const char *op,
                      uint32_t count, uint64_t offset)
 {
+  h->used = true;
   if (memblock_check_writable (h, op) == -1)
     return -1;
   if (store_zero (h->dev->store, count, offset) == -1)
@@ -350,6 +356,7 @@ memblock_extents (void *handle, uint32_t count, uint64_t offset,
     .extents = extents, .req_one = flags & NBDKIT_FLAG_REQ_ONE,
   };
 
+  h->used = true;
   if (store_extents (h->dev->store, count, offset,
                      memblock_add_extent, &e) == -1)
     return memblock_failed (h, "extents", count, offset);
@@ -360,7 +367,9 @@ memblock_extents (void *handle, uint32_t count, uint64_t offset,
 static int
 memblock_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  (void) handle;
+  struct handle *h = handle;
+
+  h->used = true;
   (void) count;
   (void) offset;
   (void) flags;

@@ -4,9 +4,11 @@
  * dynamic=true, by the first client that asks for a new name.  The same
  * name always gives the same data.  A device stays until the plugin is
  * unloaded, except a :temp one, which goes (with its memory) when its
- * last connection closes and no clone of it is left; then its name is
- * free again.  A clone counts as a user of its source, so a source is
- * never freed under a clone.
+ * last connection closes, once a client has sent it a request, and no
+ * clone of it is left; then its name is free again.  A listing (which
+ * opens each export to describe it) sends no request, so it never frees
+ * a device.  A clone counts as a user of its source, so a source is
+ * never freed under a clone, and a request to a clone uses its sources.
  *
  * The table lock guards the table and every device's opens and clones
  * counts.  It is taken only at connect and disconnect time (and to list
@@ -432,15 +434,19 @@ registry_open (const struct connect *req)
   return dev;
 }
 
-/* A connection to dev has closed: free dev, and then its sources, while
- * they are temporary and nothing uses them.
+/* A connection to dev has closed, having sent requests if used: free
+ * dev, and then its sources, while they are temporary, have been used
+ * and nothing uses them any more.
  */
 void
-registry_close (struct device *dev)
+registry_close (struct device *dev, bool used)
 {
   pthread_mutex_lock (&registry_lock);
   dev->opens--;
-  while (dev && dev->temp && dev->opens == 0 && dev->clones == 0) {
+  for (struct device *d = dev; used && d; d = d->source)
+    d->used = true;
+  while (dev && dev->temp && dev->used && dev->opens == 0 &&
+         dev->clones == 0) {
     struct device *source = dev->source;
 
     nbdkit_debug ("device %s: freed (temporary, no connection left)",

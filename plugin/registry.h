@@ -21,6 +21,7 @@ struct device {
   struct store *store;
   unsigned opens;               /* connections open on it */
   unsigned clones;              /* devices whose source it is */
+  bool used;                    /* a connection sent it a request */
 };
 
 /* Room for registry_describe's longest description. */
@@ -32,7 +33,7 @@ extern int registry_init (void);
 extern void registry_free (void);
 extern const char *registry_default_name (void);
 extern struct device *registry_open (const struct connect *req);
-extern void registry_close (struct device *dev);
+extern void registry_close (struct device *dev, bool used);
 extern int registry_list (int (*fn) (void *opaque, const struct device *dev),
                           void *opaque);
 extern void registry_format_size (uint64_t size, char *buf, size_t len);
