@@ -894,6 +894,117 @@ store_write (struct store *s, const void *buf, uint64_t count, uint64_t offset)
   return r;
 }
 
+/* Fill one chunk piece [coff, coff+n) of chunk c (at base) of a raw
+ * store that is not a clone, straight into its pages: lock them, let
+ * the kernel fault them in at once, have fn write the data, then keep
+ * the pages that are not all zero and give the rest back.  The caller
+ * reserved n bytes' worth of pages.  Counts pages gained; -1 with errno
+ * if fn fails (the pages it filled are given back or keep old data).
+ */
+static int
+store_fill_chunk (struct store *s, struct chunk *c, uint64_t base,
+                  uint64_t coff, uint64_t n, store_fill_fn fn, void *opaque,
+                  uint64_t *gained)
+{
+  uint64_t p, q, zero_start = 0, zero_end = 0;
+  int r;
+
+  store_page_span (coff, n, &p, &q);
+  store_lock_pages (c, p, q);
+#ifdef MADV_POPULATE_WRITE
+  madvise (c->data + coff, n, MADV_POPULATE_WRITE);   /* a hint */
+#endif
+  r = fn (opaque, c->data + coff, n, base + coff);
+  for (; p < q; p++) {
+    unsigned char *page = c->data + (p << STORE_PAGE_SHIFT);
+    bool keep = store_page_class (c, p) == STORE_DATA;
+
+    if (!keep && r == 0 && !store_is_zero (page, STORE_PAGE)) {
+      store_page_pin (s, c, p);
+      *gained += store_page_mark (c, p);
+      keep = true;
+    }
+    if (!keep && zero_end == p)       /* grow the run to give back */
+      zero_end = p + 1;
+    else if (!keep) {
+      if (zero_end > zero_start)
+        arena_release (c->data + (zero_start << STORE_PAGE_SHIFT),
+                       (zero_end - zero_start) << STORE_PAGE_SHIFT, s->mlock);
+      zero_start = p;
+      zero_end = p + 1;
+    }
+  }
+  if (zero_end > zero_start)
+    arena_release (c->data + (zero_start << STORE_PAGE_SHIFT),
+                   (zero_end - zero_start) << STORE_PAGE_SHIFT, s->mlock);
+  store_unlock_pages (c, coff >> STORE_PAGE_SHIFT, q);
+  return r;
+}
+
+/* Bytes store_fill passes through a buffer where it cannot fill pages
+ * in place.
+ */
+#define STORE_FILL_BOUNCE ((uint64_t) 8 << 20)
+
+/* Write [offset, offset+count) with what fn writes into the buffer it
+ * is given (fn (opaque, buf, len, offset): 0, or -1 with errno): for
+ * loading images.  In a raw store that is not a clone, fn writes
+ * straight into the store's pages, a chunk piece at a time, which saves
+ * a copy and faults pages in at once; offset and count must then be
+ * page-aligned (the end may be the device's).  Otherwise, or where the
+ * cap leaves no room for a whole piece, it goes through a buffer and
+ * store_write, which keeps every rule of a write.  Pages left all zero
+ * stay holes.  0, or -1 with errno.
+ */
+int
+store_fill (struct store *s, uint64_t count, uint64_t offset,
+            store_fill_fn fn, void *opaque)
+{
+  bool direct = s->codec == CODEC_NONE && s->source == NULL &&
+                offset % STORE_PAGE == 0 &&
+                (count % STORE_PAGE == 0 || offset + count == s->size);
+  unsigned char *bounce = NULL;
+  int r = 0;
+
+  if (store_check_range (s, count, offset) == -1)
+    return -1;
+  FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
+    uint64_t pages = (n + STORE_PAGE - 1) >> STORE_PAGE_SHIFT, gained = 0;
+    struct chunk *c;
+
+    if (direct && store_reserve (s, pages * STORE_PAGE) == 0) {
+      if ((c = store_chunk_create (s, idx)) == NULL) {
+        store_settle_pages (s, pages, 0, 0);
+        r = -1;
+        break;
+      }
+      r = store_fill_chunk (s, c, idx << s->chunk_shift, coff, n,
+                            fn, opaque, &gained);
+      store_settle_pages (s, pages, gained, 0);
+      if (r == -1)
+        break;
+      continue;
+    }
+    /* Through a buffer, in pieces of STORE_FILL_BOUNCE at most. */
+    if (bounce == NULL &&
+        (bounce = malloc (MIN (STORE_FILL_BOUNCE, count))) == NULL) {
+      r = -1;
+      break;
+    }
+    for (uint64_t at = 0; at < n && r == 0; at += STORE_FILL_BOUNCE) {
+      uint64_t len = MIN (STORE_FILL_BOUNCE, n - at);
+
+      r = fn (opaque, bounce, len, offset + done + at);
+      if (r == 0)
+        r = store_write (s, bounce, len, offset + done + at);
+    }
+    if (r == -1)
+      break;
+  }
+  free (bounce);
+  return r;
+}
+
 /* Zero [from, to) of chunk c, which lies inside one or two locked
  * pages; base is the chunk's offset in the device.  Returns pages newly
  * set (a clone's page that shows its source and keeps some of it).

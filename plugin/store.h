@@ -23,6 +23,12 @@ struct store_limit {
   uint64_t max;                 /* cap on used; UINT64_MAX means none */
 };
 
+/* Fill callback: write len bytes of the data at offset into buf; 0, or
+ * -1 with errno.
+ */
+typedef int (*store_fill_fn) (void *opaque, void *buf, uint64_t len,
+                              uint64_t offset);
+
 /* Extent callback: return 0 to go on, 1 to stop, -1 on error. */
 typedef int (*store_extent_fn) (void *opaque, uint64_t offset,
                                 uint64_t length, bool hole);
@@ -46,6 +52,8 @@ extern int store_read (struct store *s, void *buf,
                        uint64_t count, uint64_t offset);
 extern int store_write (struct store *s, const void *buf,
                         uint64_t count, uint64_t offset);
+extern int store_fill (struct store *s, uint64_t count, uint64_t offset,
+                       store_fill_fn fn, void *opaque);
 extern int store_zero (struct store *s, uint64_t count, uint64_t offset);
 extern int store_extents (struct store *s, uint64_t count, uint64_t offset,
                           store_extent_fn fn, void *opaque);

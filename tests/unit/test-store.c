@@ -1350,6 +1350,87 @@ START_TEST (test_compressed_enospc)
 }
 END_TEST
 
+/* store_fill callback: the bytes of a buffer at offset, failing past
+ * its end.
+ */
+struct fill_src {
+  const unsigned char *data;
+  uint64_t size;
+};
+
+static int
+fill_from (void *opaque, void *buf, uint64_t len, uint64_t offset)
+{
+  struct fill_src *f = opaque;
+
+  if (offset + len > f->size) {
+    errno = EIO;
+    return -1;
+  }
+  memcpy (buf, f->data + offset, len);
+  return 0;
+}
+
+/* store_fill loads data as a write would, in place in a raw store and
+ * through a buffer in a compressed store or a clone: zero pages stay
+ * holes, counters follow, a failing source leaves no memory behind.
+ */
+START_TEST (test_fill)
+{
+  const uint64_t size = 6 * MiB;
+  struct store_limit limit = { .max = UINT64_MAX };
+  unsigned char *img = calloc (1, size), *out = malloc (size);
+  struct fill_src src = { .data = img, .size = size };
+  struct store *s, *base;
+  struct extent_list l = { 0 };
+
+  fill_text (img, MiB, 9);                      /* 1 MiB of data */
+  fill_random (img + 2 * MiB, 8192, 10);        /* two pages, then holes */
+  fill_random (img + 4 * MiB + 4096, 4096, 11);
+  for (int v = 0; v < 3; v++) {
+    base = v == 2 ? store_create (size, 20, NULL) : NULL;
+    s = v == 2 ? store_create_clone (base, &limit)
+               : store_create_codec (size, 20, &limit, v ? CODEC_ZSTD
+                                                        : CODEC_NONE);
+    ck_assert_int_eq (store_fill (s, size, 0, fill_from, &src), 0);
+    ck_assert_int_eq (store_read (s, out, size, 0), 0);
+    ck_assert (memcmp (out, img, size) == 0);
+    ck_assert_uint_eq (store_data (s), MiB + 3 * STORE_PAGE);
+    ck_assert_uint_eq (atomic_load (&limit.used), store_allocated (s));
+    l.n = 0;
+    ck_assert_int_eq (store_extents (s, size, 0, collect_extent, &l), 0);
+    ck_assert_uint_eq (l.n, 6);
+    ck_assert (!l.hole[0]); ck_assert_uint_eq (l.len[0], MiB);
+    ck_assert (!l.hole[2]); ck_assert_uint_eq (l.len[2], 8192);
+    ck_assert (!l.hole[4]); ck_assert_uint_eq (l.off[4], 4 * MiB + 4096);
+    store_destroy (s);
+    store_destroy (base);
+    ck_assert_uint_eq (atomic_load (&limit.used), 0);
+  }
+  /* A source that fails half-way: an error, and no memory held for the
+   * piece it failed in.
+   */
+  s = store_create (2 * size, 20, &limit);
+  errno = 0;
+  src.size = size;
+  ck_assert_int_eq (store_fill (s, 2 * size, 0, fill_from, &src), -1);
+  ck_assert_int_eq (errno, EIO);
+  ck_assert_uint_eq (store_data (s), MiB + 3 * STORE_PAGE);
+  ck_assert_uint_eq (atomic_load (&limit.used), store_allocated (s));
+  store_destroy (s);
+  /* At a cap too small for a whole piece, the exact write rules apply. */
+  limit.max = MiB + 3 * STORE_PAGE;
+  s = store_create (size, 20, &limit);
+  ck_assert_int_eq (store_fill (s, size, 0, fill_from, &src), 0);
+  ck_assert_uint_eq (atomic_load (&limit.used), MiB + 3 * STORE_PAGE);
+  ck_assert_int_eq (store_read (s, out, size, 0), 0);
+  ck_assert (memcmp (out, img, size) == 0);
+  store_destroy (s);
+  free (img);
+  free (out);
+}
+END_TEST
+
 /* Build the suite. */
 static Suite *
 store_suite (void)
@@ -1378,6 +1459,7 @@ store_suite (void)
   tcase_add_test (tc, test_clone_chain);
   tcase_add_test (tc, test_clone_enospc);
   tcase_add_loop_test (tc, test_clone_random_against_reference, 0, NCODECS);
+  tcase_add_test (tc, test_fill);
   tcase_add_loop_test (tc, test_codec_units, 1, NCODECS);
   tcase_add_loop_test (tc, test_compressed_pages, 1, NCODECS);
   tcase_add_loop_test (tc, test_compressed_enospc, 1, NCODECS);
