@@ -36,10 +36,12 @@ ASAN_NBDKIT_ENV = LD_PRELOAD=$(if $(P11KIT),$(P11KIT):)$(LIBASAN) \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(ASAN_REPORTS)/ubsan
 # Shell tests run under ASan: all but valgrind (its own instrumentation),
 # the fuzz smoke and install (not the plugin), the bench smoke (it runs
-# ./memblock.so) and guestfish (a minute of appliance boot for little
-# more plugin coverage).
+# ./memblock.so), guestfish and clone (a minute of appliance boot for
+# little more plugin coverage), and race and temp (their bounds are on
+# the server's RSS, which ASan's shadow memory swamps).
 ASAN_TESTS ?= $(filter-out test-valgrind.sh test-fuzz-smoke.sh \
-                test-bench-smoke.sh test-install.sh test-guestfish.sh, \
+                test-bench-smoke.sh test-install.sh test-guestfish.sh \
+                test-clone.sh test-race.sh test-temp.sh, \
                 $(notdir $(wildcard tests/test-*.sh)))
 
 check-asan: deps-check
