@@ -1223,6 +1223,16 @@ store_unit_rebuild (struct store *s, struct chunk *c, uint64_t base,
   e->data = d & ((((uint64_t) 1 << STORE_UNIT_PAGES) - 1) << (p0 % 64));
   e->hide = c->hide ? h & (((uint64_t) 1 << STORE_UNIT_PAGES) - 1)
                           << (p0 % 64) : 0;
+  if (release && from <= (p0 << STORE_PAGE_SHIFT) &&
+      to >= (p0 << STORE_PAGE_SHIFT) + CODEC_UNIT) {
+    /* The whole unit goes: nothing to unpack. */
+    e->data = 0;
+    e->hide = c->hide ? (((uint64_t) 1 << STORE_UNIT_PAGES) - 1)
+                        << (p0 % 64) : 0;
+    e->blob = NULL;
+    e->held = old ? - (int64_t) codec_held (old) : 0;
+    return 0;
+  }
   if (old == NULL)
     memset (buf, 0, sizeof buf);
   else if (codec_unpack (old, buf) == -1)
