@@ -85,7 +85,8 @@
  *   C3  Writes and zeroes in a clone reserve, before any change, the
  *       pages that may need memory: a partial write or zero into a page
  *       still showing its source is counted even if the result turns out
- *       all zero (the unused reservation is given back).  A zero can
+ *       all zero (the unused reservation is given back), unless no store
+ *       down the chain has the chunk, where the source reads zeroes.  A zero can
  *       thus fail with ENOSPC in a clone, changing nothing.  A clone
  *       creates a chunk wherever it must hide a source's chunk, so a
  *       write or zero can create chunks of zeroes (headers only).
@@ -647,9 +648,10 @@ store_read (struct store *s, void *buf, uint64_t count, uint64_t offset)
 
 /* Count the pages a write would newly set: pages not holding data
  * whose new content may not be all zero.  That is exact, but for a
- * partial write into a page still showing its source, always counted.
- * chunks, if not NULL, holds the write's chunks (see store_write_lock);
- * else they are looked up.
+ * partial write into a page still showing a source that may hold data
+ * there, always counted (C3).  A page is written whole when all its
+ * bytes inside the device are.  chunks, if not NULL, holds the write's
+ * chunks (see store_write_lock); else they are looked up.
  */
 static uint64_t
 store_write_count (struct store *s, const unsigned char *in,
@@ -659,16 +661,19 @@ store_write_count (struct store *s, const unsigned char *in,
 
   FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
     struct chunk *c = chunks ? chunks[idx - first] : chunkdir_get (&s->dir, idx);
-    uint64_t pos = coff, end = coff + n;
+    uint64_t pos = coff, end = coff + n, base = idx << s->chunk_shift;
+    bool source_data = store_source_has_chunk (s, idx);
 
     while (pos < end) {
       uint64_t next = MIN ((pos | (STORE_PAGE - 1)) + 1, end);
+      uint64_t at = base + (pos & ~(STORE_PAGE - 1));
       enum store_class cls = c ? store_page_class (c, pos >> STORE_PAGE_SHIFT)
                              : s->source ? STORE_SOURCE : STORE_ZERO;
 
       if (cls == STORE_DATA)
         ;
-      else if (cls == STORE_SOURCE && next - pos < STORE_PAGE)
+      else if (cls == STORE_SOURCE && source_data &&
+               next - pos < MIN (STORE_PAGE, s->size - at))
         need++;
       else if (!store_is_zero (in + done + (pos - coff), next - pos))
         need++;
@@ -1100,7 +1105,8 @@ store_zero_chunk (struct store *s, struct chunk *c, uint64_t base,
 }
 
 /* Bytes a zero of [offset, offset+count) may take: in a clone, a page
- * for each partial page at either end that still shows its source (C3);
+ * for each partial page at either end that still shows a source that
+ * may hold data there (C3);
  * in a compressed store, a unit for each partial page at either end
  * (Z2).
  */
@@ -1126,9 +1132,10 @@ store_zero_count (struct store *s, uint64_t count, uint64_t offset)
     if (at % STORE_PAGE == 0 || at >= s->size ||
         (i == 1 && p == offset >> STORE_PAGE_SHIFT && need > 0))
       continue;
-    if (c == NULL ||
-        store_page_class (c, p & ((1ULL << (s->chunk_shift - STORE_PAGE_SHIFT)) - 1))
-        == STORE_SOURCE)
+    if ((c == NULL ||
+         store_page_class (c, p & ((1ULL << (s->chunk_shift - STORE_PAGE_SHIFT)) - 1))
+         == STORE_SOURCE) &&
+        store_source_has_chunk (s, at >> s->chunk_shift))
       need++;
   }
   return need * STORE_PAGE;
@@ -1188,6 +1195,8 @@ store_zero (struct store *s, uint64_t count, uint64_t offset)
 
 /* A unit's new state: its blob, pages that hold data and pages hidden. */
 struct store_unit_edit {
+  struct chunk *c;              /* the unit: c->unit[u] */
+  uint64_t u;
   void *blob;
   uint64_t data, hide;          /* bits of the unit's pages, at p0 % 64 */
   int64_t held;                 /* change in bytes held */
@@ -1219,6 +1228,8 @@ store_unit_rebuild (struct store *s, struct chunk *c, uint64_t base,
   uint64_t p0 = u * STORE_UNIT_PAGES, h, d;
   void *old = c->unit[u];
 
+  e->c = c;
+  e->u = u;
   store_load_word (c, p0 / 64, &h, &d);
   e->data = d & ((((uint64_t) 1 << STORE_UNIT_PAGES) - 1) << (p0 % 64));
   e->hide = c->hide ? h & (((uint64_t) 1 << STORE_UNIT_PAGES) - 1)
@@ -1275,14 +1286,15 @@ store_unit_rebuild (struct store *s, struct chunk *c, uint64_t base,
   return 0;
 }
 
-/* Install edit e of locked unit u of chunk c; count pages gained and
- * released.  Bits are set before they are cleared, hide between (C2).
+/* Install edit e of its locked unit; count pages gained and released.
+ * Bits are set before they are cleared, hide between (C2).
  */
 static void
-store_unit_install (struct chunk *c, uint64_t u, struct store_unit_edit *e,
+store_unit_install (struct store_unit_edit *e,
                     uint64_t *gained, uint64_t *released)
 {
-  uint64_t p0 = u * STORE_UNIT_PAGES, w = p0 / 64;
+  struct chunk *c = e->c;
+  uint64_t u = e->u, p0 = u * STORE_UNIT_PAGES, w = p0 / 64;
   uint64_t mask = (((uint64_t) 1 << STORE_UNIT_PAGES) - 1) << (p0 % 64);
   uint64_t old = atomic_load_explicit (&c->map[w], memory_order_relaxed)
                  & mask;
@@ -1385,18 +1397,8 @@ store_write_units (struct store *s, const unsigned char *in,
   if (held > 0 && store_reserve (s, held) == -1)
     goto out_free;
   reserved = held > 0 ? held : 0;
-  k = 0;
-  FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
-    struct chunk *c = chunks[idx - first];
-    uint64_t p, q;
-
-    if (c == NULL)
-      continue;
-    store_unit_span (coff, n, &p, &q);
-    for (; p < q; p += STORE_UNIT_PAGES, k++)
-      store_unit_install (c, p / STORE_UNIT_PAGES, &edits[k],
-                          &gained, &released);
-  }
+  for (uint64_t i = 0; i < k; i++)
+    store_unit_install (&edits[i], &gained, &released);
   store_settle (s, reserved, gained, released, held);
   r = 0;
   k = 0;                        /* nothing left to free */
@@ -1446,7 +1448,7 @@ store_zero_units (struct store *s, struct chunk *c, uint64_t base,
       c->unit[u] = NULL;
       e.held = 0;
     }
-    store_unit_install (c, u, &e, gained, released);
+    store_unit_install (&e, gained, released);
     *held += e.held;
   }
   store_unlock_pages (c, p, q);
