@@ -374,25 +374,22 @@ store_create_codec (uint64_t size, unsigned shift, struct store_limit *limit,
   return s;
 }
 
-/* Random unaligned writes, zeroes and reads against a flat reference,
- * for each codec.
+/* n random unaligned writes (some of zeroes), zeroes and reads on s,
+ * against its flat reference ref; buf is scratch of size bytes.
  */
-START_TEST (test_random_against_reference)
+static void
+random_ops (struct store *s, unsigned char *ref, unsigned char *buf,
+            uint64_t size, unsigned *seed, int n)
 {
-  const uint64_t size = 3 * MiB + 12345;
-  struct store *s = store_create_codec (size, 16, NULL, codecs[_i]);
-  unsigned char *ref = calloc (1, size), *buf = malloc (size);
-  unsigned seed = 12345;
-
-  for (int i = 0; i < 3000; i++) {
-    uint64_t off = rand_r (&seed) % size;
-    uint64_t len = 1 + rand_r (&seed) % (rand_r (&seed) % 4 ? 9000 : 300000);
+  for (int i = 0; i < n; i++) {
+    uint64_t off = rand_r (seed) % size;
+    uint64_t len = 1 + rand_r (seed) % (rand_r (seed) % 4 ? 9000 : 300000);
     if (len > size - off)
       len = size - off;
-    switch (rand_r (&seed) % 4) {
+    switch (rand_r (seed) % 4) {
     case 0: case 1:
       fill (buf, len, off, i);
-      if (rand_r (&seed) % 8 == 0)
+      if (rand_r (seed) % 8 == 0)
         memset (buf, 0, len);           /* sometimes zero data */
       ck_assert_int_eq (store_write (s, buf, len, off), 0);
       memcpy (ref + off, buf, len);
@@ -408,6 +405,19 @@ START_TEST (test_random_against_reference)
       break;
     }
   }
+}
+
+/* Random unaligned writes, zeroes and reads against a flat reference,
+ * for each codec.
+ */
+START_TEST (test_random_against_reference)
+{
+  const uint64_t size = 3 * MiB + 12345;
+  struct store *s = store_create_codec (size, 16, NULL, codecs[_i]);
+  unsigned char *ref = calloc (1, size), *buf = malloc (size);
+  unsigned seed = 12345;
+
+  random_ops (s, ref, buf, size, &seed, 3000);
   ck_assert_int_eq (store_read (s, buf, size, 0), 0);
   ck_assert (memcmp (buf, ref, size) == 0);
   ck_assert_uint_le (store_data (s), (size + STORE_PAGE) & ~(STORE_PAGE - 1));
@@ -1065,30 +1075,7 @@ START_TEST (test_clone_random_against_reference)
   memcpy (ref, sref, size);
   c = store_create_clone (src, NULL);
   ck_assert_int_eq (store_set_codec (c, codecs[_i]), 0);
-  for (int i = 0; i < 3000; i++) {
-    uint64_t off = rand_r (&seed) % size;
-    uint64_t len = 1 + rand_r (&seed) % (rand_r (&seed) % 4 ? 9000 : 300000);
-    if (len > size - off)
-      len = size - off;
-    switch (rand_r (&seed) % 4) {
-    case 0: case 1:
-      fill (buf, len, off, i);
-      if (rand_r (&seed) % 8 == 0)
-        memset (buf, 0, len);
-      ck_assert_int_eq (store_write (c, buf, len, off), 0);
-      memcpy (ref + off, buf, len);
-      break;
-    case 2:
-      ck_assert_int_eq (store_zero (c, len, off), 0);
-      memset (ref + off, 0, len);
-      break;
-    case 3:
-      ck_assert_int_eq (store_read (c, buf, len, off), 0);
-      ck_assert_msg (memcmp (buf, ref + off, len) == 0,
-                     "op %d: read of %" PRIu64 " at %" PRIu64, i, len, off);
-      break;
-    }
-  }
+  random_ops (c, ref, buf, size, &seed, 3000);
   ck_assert_int_eq (store_read (c, buf, size, 0), 0);
   ck_assert (memcmp (buf, ref, size) == 0);
   ck_assert_int_eq (store_read (src, buf, size, 0), 0);
