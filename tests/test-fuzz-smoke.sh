@@ -1,10 +1,11 @@
 #!/bin/sh
 # A short libFuzzer run of tests/fuzz/fuzz-store.c: random write, zero
-# (trim), read, extents and out-of-range requests on two stores sharing
-# a memory cap, every result checked against flat reference buffers,
-# under ASan and UBSan.  FUZZ_SMOKE_SECONDS (default 30) sets the run
-# time; `make fuzz` runs it for longer.  A crash leaves its input in
-# build/fuzz/ for `build/fuzz/fuzz-store FILE` to replay.
+# (trim), read, extents and out-of-range requests on two stores and
+# copy-on-write clones of them (chains too) sharing a memory cap, every
+# result checked against flat reference buffers, under ASan and UBSan.
+# FUZZ_SMOKE_SECONDS (default 30) sets the run time; `make fuzz` runs it
+# for longer.  A crash leaves its input in build/fuzz/ for
+# `build/fuzz/fuzz-store FILE` to replay.
 . "$(dirname "$0")/lib.sh"
 
 command -v clang >/dev/null || fail "clang is not installed (needed for libFuzzer)"

@@ -1,26 +1,61 @@
 /* memblock: libFuzzer target for the store (plugin/store.c).
  *
  * The input picks a chunk size, two store sizes and a memory cap shared
- * by both stores, then a list of operations: write (random, zero or
- * mixed pages), zero (what trim and write-zeroes do), read, extents and
- * out-of-range requests.  Each store has a flat reference buffer and a
- * reference page map (a page is "held" once non-zero data is written
- * to it, and released when a zero or trim covers it whole, or covers
- * all of the device's last partial page).  After every operation the
- * store must agree with the reference:
+ * by all stores, then a list of operations: write (random, zero or
+ * mixed pages), zero (what trim and write-zeroes do), read, extents,
+ * out-of-range requests and clone.  A clone freezes a device (it
+ * becomes a read-only source: reads and extents only from then on) and
+ * adds a copy-on-write clone of it (store_create_clone), so devices form
+ * trees: sibling clones of one source, and chains of up to MAX_DEPTH
+ * clones.  Each device has a flat reference buffer, which a clone
+ * starts as a copy of its source's, and a reference page map: a page
+ * of a plain store is own (it holds data: non-zero data was written to
+ * it) or a hole; a page of a clone is own, a hole (hidden: trimmed, or
+ * written or zeroed to all zeroes) or shows its source (untouched).
+ * The model also knows which chunks each store has created: a store
+ * creates a chunk where it first stores non-zero data and a clone also
+ * where it must hide a source's chunk (store.c, C3), so a write of
+ * zeroes or a zero where neither the clone nor a store down its chain
+ * has the chunk leaves the clone's pages showing the source (which
+ * reads zeroes there).  After every operation every store must agree
+ * with the reference:
  *
  *   - every read returns exactly the reference bytes;
  *   - extents cover the range exactly, alternate between data and hole,
- *     and a hole is exactly a run of pages not held;
- *   - store_allocated is the held pages, the cap's use is the sum over
- *     both stores and never above the cap;
- *   - a write fails with ENOSPC exactly when its new pages do not fit
- *     under the cap, and then changes nothing;
+ *     and a page is data exactly when it is own, or shows its source
+ *     and the source reports it as data (down the chain); no non-zero
+ *     byte lies in a hole;
+ *   - store_allocated is the store's own pages, store_chunks its
+ *     chunks, the cap's use is the sum over all live stores and never
+ *     above the cap;
+ *   - a write or zero fails with ENOSPC exactly when the pages it may
+ *     newly set do not fit under the cap, and then changes nothing.
+ *     Those pages are, per page touched: not own and getting non-zero
+ *     data, and in a clone also every partial write or zero of a page
+ *     still showing its source where a store down the chain has the
+ *     chunk (the clone reserves it before it knows whether the result
+ *     is all zero);
+ *   - a frozen source never changes: after each write or zero in a
+ *     clone, the range is read, and the extents of the chunks it
+ *     touches are checked, in the clone and every store down its chain;
  *   - out-of-range requests fail with EINVAL and change nothing;
- *   - destroying both stores gives the whole cap back.
+ *   - destroying the stores, clones before their sources, gives the
+ *     whole cap back.
+ *
+ * A page is covered whole by a request when it covers all of the
+ * page's bytes inside the device (all of the device's last partial
+ * page counts as whole).
+ *
+ * Half the inputs keep every store compressed (zstd or lz4, chunks of
+ * 16K at least): then store_data is the own pages, store_allocated
+ * bytes; a write may fail with ENOSPC only under a cap (its growth in
+ * bytes cannot be foreseen), changing no byte; a zero reserves a unit's
+ * worth (codec_max_held) for each partial page at either end, and fails
+ * with ENOSPC exactly when that does not fit.
  *
  * Build: make build/fuzz/fuzz-store (clang, -fsanitize=fuzzer,address,
- * undefined).  Run: make fuzz FUZZ_SECONDS=300.
+ * undefined).  Run: make fuzz FUZZ_SECONDS=300.  Replay a crash with
+ * FUZZ_STORE_TRACE=1 build/fuzz/fuzz-store FILE to see each step.
  */
 
 #include <errno.h>
@@ -38,6 +73,8 @@
 #define MAX_LEN ((uint64_t) 256 << 10)     /* longest request */
 #define HOT ((uint64_t) 128 << 10)         /* where most requests land */
 #define MAX_OPS 200
+#define MAX_DEVS 6                          /* the two stores and 4 clones */
+#define MAX_DEPTH 3                         /* clones in a chain */
 
 #define CHECK(cond, ...)                                                \
   do {                                                                  \
@@ -71,49 +108,161 @@ take (struct input *in, unsigned bytes)
   return v;
 }
 
+/* Reference state of a page. */
+enum page_state {
+  P_HOLE,                       /* reads zeroes, holds nothing: a hole */
+  P_OWN,                        /* the store's own data, counted */
+  P_SOURCE,                     /* clones: shows the source's page */
+};
+
 /* One store under test and its reference. */
 struct dev {
   struct store *s;
+  int id;
   uint64_t size;
   uint8_t *ref;                 /* size bytes */
-  uint8_t *held;                /* one flag per page */
-  uint64_t npages;
+  uint8_t *state;               /* one enum page_state per page */
+  uint64_t npages, own;         /* own: pages in P_OWN */
+  uint8_t *chunk;               /* one flag per chunk: created */
+  uint64_t nchunks, chunks;     /* chunks: flags set */
+  struct dev *source;           /* clones: the source, else NULL */
+  int depth;                    /* clones in the chain down to a store */
+  bool frozen;                  /* a source now: never written again */
 };
 
 static struct store_limit limit;
+static unsigned shift;          /* chunk shift of all the stores */
+static enum codec codec;        /* codec of all the stores */
+static struct dev devs[MAX_DEVS];
+static int ndevs;
 static int trace = -1;          /* FUZZ_STORE_TRACE=1 prints each step */
 
 #define TRACE(...)                                                      \
   do { if (trace) fprintf (stderr, __VA_ARGS__); } while (0)
 static uint8_t scratch[MAX_LEN + 2 * PAGE];
 
-static uint64_t
-held_pages (const struct dev *d)
-{
-  uint64_t n = 0;
-
-  for (uint64_t p = 0; p < d->npages; p++)
-    n += d->held[p];
-  return n;
-}
-
 /* Pages [first, last] touched by [off, off+len), len > 0. */
 #define FIRST_PAGE(off) ((off) / PAGE)
 #define LAST_PAGE(off, len) (((off) + (len) - 1) / PAGE)
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
 
-/* Check the store's counters against the reference. */
+/* The bytes [*a, *b) of page p that [off, off+len) covers. */
 static void
-check_accounting (struct dev *d, struct dev *other)
+page_piece (uint64_t p, uint64_t off, uint64_t len, uint64_t *a, uint64_t *b)
 {
-  CHECK (store_allocated (d->s) == held_pages (d) * PAGE,
-         "allocated %lu, reference %lu pages",
-         (unsigned long) store_allocated (d->s), (unsigned long) held_pages (d));
-  CHECK (atomic_load (&limit.used) ==
-         store_allocated (d->s) + store_allocated (other->s),
-         "cap use %lu != %lu + %lu", (unsigned long) atomic_load (&limit.used),
-         (unsigned long) store_allocated (d->s),
-         (unsigned long) store_allocated (other->s));
+  *a = MAX (p * PAGE, off);
+  *b = MIN ((p + 1) * PAGE, off + len);
+}
+
+/* Whether [a, b) is all of page p inside the device. */
+static bool
+page_whole (const struct dev *d, uint64_t p, uint64_t a, uint64_t b)
+{
+  return a == p * PAGE && b == MIN ((p + 1) * PAGE, d->size);
+}
+
+/* Whether len bytes at buf are all zero (as store_is_zero: once the
+ * first 16 are, memcmp against the bytes 16 further does the rest).
+ */
+static bool
+all_zero (const uint8_t *buf, uint64_t len)
+{
+  uint64_t head = MIN (len, 16);
+
+  for (uint64_t i = 0; i < head; i++)
+    if (buf[i])
+      return false;
+  return len <= 16 || memcmp (buf, buf + 16, len - 16) == 0;
+}
+
+/* Whether page p of d reads as zeroes in the reference. */
+static bool
+ref_page_zero (const struct dev *d, uint64_t p)
+{
+  return all_zero (d->ref + p * PAGE, MIN (PAGE, d->size - p * PAGE));
+}
+
+static void
+set_state (struct dev *d, uint64_t p, enum page_state st)
+{
+  d->own -= d->state[p] == P_OWN;
+  d->own += st == P_OWN;
+  d->state[p] = st;
+}
+
+/* Whether some store down d's chain of sources has chunk idx. */
+static bool
+chain_has_chunk (const struct dev *d, uint64_t idx)
+{
+  for (d = d->source; d != NULL; d = d->source)
+    if (d->chunk[idx])
+      return true;
+  return false;
+}
+
+static void
+chunk_create (struct dev *d, uint64_t idx)
+{
+  if (!d->chunk[idx]) {
+    d->chunk[idx] = 1;
+    d->chunks++;
+  }
+}
+
+/* Whether extents must report page p of d as data. */
+static bool
+page_is_data (const struct dev *d, uint64_t p)
+{
+  while (d->state[p] == P_SOURCE)
+    d = d->source;
+  return d->state[p] == P_OWN;
+}
+
+/* Check every store's counters against the reference, and the cap. */
+static void
+check_accounting (void)
+{
+  uint64_t sum = 0;
+
+  for (int i = 0; i < ndevs; i++) {
+    struct dev *d = &devs[i];
+
+    CHECK (store_data (d->s) == d->own * PAGE,
+           "store %d: %lu pages of data, reference %lu", i,
+           (unsigned long) (store_data (d->s) / PAGE),
+           (unsigned long) d->own);
+    CHECK (codec != CODEC_NONE || store_allocated (d->s) == d->own * PAGE,
+           "store %d: allocated %lu bytes for %lu pages", i,
+           (unsigned long) store_allocated (d->s), (unsigned long) d->own);
+    CHECK (store_chunks (d->s) == d->chunks,
+           "store %d: %lu chunks, reference %lu", i,
+           (unsigned long) store_chunks (d->s), (unsigned long) d->chunks);
+    sum += store_allocated (d->s);
+  }
+  CHECK (atomic_load (&limit.used) == sum, "cap use %lu != %lu over %d stores",
+         (unsigned long) atomic_load (&limit.used), (unsigned long) sum,
+         ndevs);
   CHECK (atomic_load (&limit.used) <= limit.max, "cap passed");
+}
+
+/* Recount the reference's own pages and chunks (the counters above are
+ * kept as they go).
+ */
+static void
+check_model (const struct dev *d)
+{
+  uint64_t own = 0, chunks = 0;
+
+  for (uint64_t p = 0; p < d->npages; p++) {
+    own += d->state[p] == P_OWN;
+    CHECK (d->source || d->state[p] != P_SOURCE, "model: source page %lu "
+           "in store %d", (unsigned long) p, d->id);
+  }
+  for (uint64_t c = 0; c < d->nchunks; c++)
+    chunks += d->chunk[c];
+  CHECK (own == d->own && chunks == d->chunks, "model: counters of store %d",
+         d->id);
 }
 
 /* Fill buf with len bytes of a pattern chosen by kind and seed. */
@@ -152,15 +301,95 @@ fill (uint8_t *buf, uint64_t off, uint64_t len, unsigned kind, uint32_t seed)
 static void
 check_read (struct dev *d, uint64_t off, uint64_t len)
 {
-  CHECK (store_read (d->s, scratch, len, off) == 0, "read %lu+%lu failed",
-         (unsigned long) off, (unsigned long) len);
+  CHECK (store_read (d->s, scratch, len, off) == 0, "read %lu+%lu of store "
+         "%d failed", (unsigned long) off, (unsigned long) len, d->id);
   if (memcmp (scratch, d->ref + off, len) == 0)
     return;
   for (uint64_t i = 0; i < len; i++)
     CHECK (scratch[i] == d->ref[off + i],
-           "read %lu+%lu: byte %lu is %#x, reference %#x",
-           (unsigned long) off, (unsigned long) len, (unsigned long) (off + i),
-           scratch[i], d->ref[off + i]);
+           "read %lu+%lu of store %d: byte %lu is %#x, reference %#x",
+           (unsigned long) off, (unsigned long) len, d->id,
+           (unsigned long) (off + i), scratch[i], d->ref[off + i]);
+}
+
+static void check_extents (struct dev *d, uint64_t off, uint64_t len,
+                           unsigned stop_after);
+
+/* After a write or zero in d: the range reads as the reference in d and
+ * in every store down its chain (a source never changes), and their
+ * extents over the chunks it touched are right.
+ */
+static void
+check_chain (struct dev *d, uint64_t off, uint64_t len)
+{
+  uint64_t a = off >> shift << shift;
+  uint64_t b = MIN (((off + len + (1ULL << shift) - 1) >> shift) << shift,
+                    d->size);
+
+  for (; d != NULL; d = d->source) {
+    check_read (d, off, len);
+    if (b > a)
+      check_extents (d, a, b - a, 0);
+  }
+}
+
+/* The store's answer to a request that may need need bytes: ENOSPC
+ * exactly when they do not fit.  Returns true if the request went
+ * through.
+ */
+static bool
+check_enospc (struct dev *d, const char *what, uint64_t off, uint64_t len,
+              uint64_t need, uint64_t room, int r, int err)
+{
+  if (need > room) {
+    CHECK (r == -1 && err == ENOSPC, "%s %lu+%lu in store %d, %lu new bytes "
+           "with %lu free: result %d, errno %d", what, (unsigned long) off,
+           (unsigned long) len, d->id, (unsigned long) need,
+           (unsigned long) room, r, err);
+    TRACE ("  ENOSPC: %lu bytes needed, %lu free\n", (unsigned long) need,
+           (unsigned long) room);
+    return false;               /* refused: nothing may change */
+  }
+  CHECK (r == 0, "%s %lu+%lu in store %d failed (errno %d) with %lu bytes "
+         "free, %lu needed", what, (unsigned long) off, (unsigned long) len,
+         d->id, err, (unsigned long) room, (unsigned long) need);
+  return true;
+}
+
+/* A compressed store's answer to a write: its growth in bytes cannot
+ * be foreseen, so it may fail with ENOSPC only under a cap, and then
+ * changes no byte (it may have made the chunks it would use).  Returns
+ * true if the write went through.
+ */
+static bool
+check_enospc_packed (struct dev *d, uint64_t off, uint64_t len, int r, int err)
+{
+  if (r == 0)
+    return true;
+  CHECK (err == ENOSPC && limit.max != UINT64_MAX, "write %lu+%lu in "
+         "compressed store %d failed: errno %d", (unsigned long) off,
+         (unsigned long) len, d->id, err);
+  TRACE ("  ENOSPC (compressed)\n");
+  return false;
+}
+
+/* The chunks a write of scratch at [off, off+len) creates: where it
+ * stores non-zero data, and in a clone where a store down the chain has
+ * the chunk.
+ */
+static void
+write_chunks (struct dev *d, uint64_t off, uint64_t len)
+{
+  if (len == 0)
+    return;
+  for (uint64_t idx = off >> shift; idx <= (off + len - 1) >> shift; idx++) {
+    uint64_t a = MAX (idx << shift, off);
+    uint64_t b = MIN ((idx + 1) << shift, off + len);
+
+    if (!all_zero (scratch + (a - off), b - a) ||
+        (d->source && chain_has_chunk (d, idx)))
+      chunk_create (d, idx);
+  }
 }
 
 static void
@@ -168,57 +397,132 @@ do_write (struct dev *d, uint64_t off, uint64_t len,
           unsigned kind, uint32_t seed)
 {
   uint64_t need = 0, room;
-  int r;
+  int r, err;
 
+  CHECK (!d->frozen, "model: write to frozen store %d", d->id);
   fill (scratch, off, len, kind, seed);
   TRACE ("  data kind %u seed %u\n", kind % 4, seed);
-  /* Pages it newly holds: not held, and its bytes in them not all zero. */
+  /* Pages it may newly set: not own, and its bytes in them not all zero;
+   * in a clone also a page showing its source and not covered whole.
+   */
   for (uint64_t p = FIRST_PAGE (off); len > 0 && p <= LAST_PAGE (off, len);
        p++) {
-    uint64_t a = p * PAGE > off ? p * PAGE : off;
-    uint64_t b = (p + 1) * PAGE < off + len ? (p + 1) * PAGE : off + len;
-    bool nonzero = false;
+    uint64_t a, b;
+    bool nonzero;
 
-    for (uint64_t i = a; i < b && !nonzero; i++)
-      nonzero = scratch[i - off] != 0;
-    need += !d->held[p] && nonzero;
+    page_piece (p, off, len, &a, &b);
+    nonzero = !all_zero (scratch + (a - off), b - a);
+    switch (d->state[p]) {
+    case P_OWN:    break;
+    case P_HOLE:   need += nonzero; break;
+    case P_SOURCE:
+      need += nonzero || (!page_whole (d, p, a, b) &&
+                          chain_has_chunk (d, (p * PAGE) >> shift));
+      break;
+    }
   }
   room = limit.max - atomic_load (&limit.used);
   errno = 0;
   r = store_write (d->s, scratch, len, off);
-  if (need * PAGE > room) {
-    CHECK (r == -1 && errno == ENOSPC, "write %lu+%lu of %lu new pages with "
-           "%lu free: result %d, errno %d", (unsigned long) off,
-           (unsigned long) len, (unsigned long) need,
-           (unsigned long) (room / PAGE), r, errno);
-    return;                     /* refused: nothing may change */
+  err = errno;
+  if (codec != CODEC_NONE ? !check_enospc_packed (d, off, len, r, err)
+      : !check_enospc (d, "write", off, len, need * PAGE, room, r, err)) {
+    if (codec != CODEC_NONE)
+      write_chunks (d, off, len);
+    check_chain (d, off, len);
+    return;
   }
-  CHECK (r == 0, "write %lu+%lu failed (errno %d) with %lu pages free, "
-         "%lu needed", (unsigned long) off, (unsigned long) len, errno,
-         (unsigned long) (room / PAGE), (unsigned long) need);
+  if (len == 0)
+    return;
+  write_chunks (d, off, len);
   memcpy (d->ref + off, scratch, len);
-  for (uint64_t p = FIRST_PAGE (off); len > 0 && p <= LAST_PAGE (off, len);
-       p++) {
-    uint64_t a = p * PAGE > off ? p * PAGE : off;
-    uint64_t b = (p + 1) * PAGE < off + len ? (p + 1) * PAGE : off + len;
+  for (uint64_t p = FIRST_PAGE (off); p <= LAST_PAGE (off, len); p++) {
+    uint64_t a, b;
 
-    for (uint64_t i = a; i < b && !d->held[p]; i++)
-      d->held[p] = scratch[i - off] != 0;
+    page_piece (p, off, len, &a, &b);
+    if (d->source && !d->chunk[(p * PAGE) >> shift]) {
+      /* Zeroes where no store has the chunk: the page still shows its
+       * source, which reads zeroes there.
+       */
+      CHECK (d->state[p] == P_SOURCE && all_zero (d->ref + a, b - a),
+             "model: page %lu of store %d without a chunk",
+             (unsigned long) p, d->id);
+      continue;
+    }
+    switch (d->state[p]) {
+    case P_OWN:
+      break;
+    case P_HOLE:
+      if (!all_zero (scratch + (a - off), b - a))
+        set_state (d, p, P_OWN);
+      break;
+    case P_SOURCE:              /* copied, kept if not all zero */
+      set_state (d, p, ref_page_zero (d, p) ? P_HOLE : P_OWN);
+      break;
+    }
   }
+  if (d->source)
+    check_chain (d, off, len);
 }
 
 static void
 do_zero (struct dev *d, uint64_t off, uint64_t len)
 {
-  CHECK (store_zero (d->s, len, off) == 0, "zero %lu+%lu failed",
-         (unsigned long) off, (unsigned long) len);
-  memset (d->ref + off, 0, len);
-  /* Pages covered whole are released; partly covered ones stay held,
-   * except the device's last partial page when the range runs to the end.
+  uint64_t need = 0, room;
+  int r, err;
+
+  CHECK (!d->frozen, "model: zero in frozen store %d", d->id);
+  /* Pages it may newly set: in a clone, the pages at either end that it
+   * covers in part and that still show their source.
    */
-  uint64_t end = off + len == d->size ? d->npages * PAGE : off + len;
-  for (uint64_t p = (off + PAGE - 1) / PAGE; (p + 1) * PAGE <= end; p++)
-    d->held[p] = 0;
+  for (uint64_t p = FIRST_PAGE (off); len > 0 && p <= LAST_PAGE (off, len);
+       p = p == FIRST_PAGE (off) ? MAX (p + 1, LAST_PAGE (off, len)) : p + 1) {
+    uint64_t a, b;
+
+    page_piece (p, off, len, &a, &b);
+    need += d->state[p] == P_SOURCE && !page_whole (d, p, a, b) &&
+            chain_has_chunk (d, (p * PAGE) >> shift);
+  }
+  need *= PAGE;
+  /* A compressed store reserves a unit's worth for each partial page at
+   * either end instead (the unit may grow when packed again).
+   */
+  if (codec != CODEC_NONE && len > 0)
+    need = ((off % PAGE != 0) + ((off + len) % PAGE != 0 && off + len < d->size))
+           * codec_max_held ();
+  room = limit.max - atomic_load (&limit.used);
+  errno = 0;
+  r = store_zero (d->s, len, off);
+  err = errno;
+  if (!check_enospc (d, "zero", off, len, need, room, r, err)) {
+    check_chain (d, off, len);
+    return;
+  }
+  if (len == 0)
+    return;
+  /* A clone creates the chunks some store down its chain has. */
+  if (d->source)
+    for (uint64_t idx = off >> shift; idx <= (off + len - 1) >> shift; idx++)
+      if (chain_has_chunk (d, idx))
+        chunk_create (d, idx);
+  memset (d->ref + off, 0, len);
+  /* Pages covered whole become holes; partly covered ones stay own, and
+   * those showing their source are copied, and kept if not all zero.
+   */
+  for (uint64_t p = FIRST_PAGE (off); p <= LAST_PAGE (off, len); p++) {
+    uint64_t a, b;
+
+    page_piece (p, off, len, &a, &b);
+    if (d->source && !d->chunk[(p * PAGE) >> shift])
+      CHECK (d->state[p] == P_SOURCE, "model: page %lu of store %d without "
+             "a chunk", (unsigned long) p, d->id);
+    else if (page_whole (d, p, a, b))
+      set_state (d, p, P_HOLE);
+    else if (d->state[p] == P_SOURCE)
+      set_state (d, p, ref_page_zero (d, p) ? P_HOLE : P_OWN);
+  }
+  if (d->source)
+    check_chain (d, off, len);
 }
 
 /* Extents collected from store_extents. */
@@ -242,10 +546,14 @@ ext_cb (void *opaque, uint64_t offset, uint64_t length, bool hole)
   CHECK (st->last_hole != (int) hole, "two %s extents in a row",
          hole ? "hole" : "data");
   for (uint64_t p = FIRST_PAGE (offset); p <= LAST_PAGE (offset, length); p++)
-    CHECK (d->held[p] == !hole, "extent %lu+%lu says %s, page %lu is %s",
-           (unsigned long) offset, (unsigned long) length,
-           hole ? "hole" : "data", (unsigned long) p,
-           d->held[p] ? "held" : "not held");
+    CHECK (page_is_data (d, p) == !hole, "store %d: extent %lu+%lu says %s, "
+           "page %lu is %s", d->id, (unsigned long) offset,
+           (unsigned long) length, hole ? "hole" : "data", (unsigned long) p,
+           (const char *[]) { "a hole", "own", "the source's" }[d->state[p]]);
+  if (hole)
+    CHECK (all_zero (d->ref + offset, length), "store %d: hole %lu+%lu "
+           "holds data", d->id, (unsigned long) offset,
+           (unsigned long) length);
   st->next = offset + length;
   st->last_hole = hole;
   return ++st->calls == st->stop_after ? 1 : 0;
@@ -321,15 +629,38 @@ pick_range (struct input *in, struct dev *d, uint64_t *off, uint64_t *len)
   *len = l;
 }
 
-static int
-dev_init (struct dev *d, uint64_t size, unsigned shift)
+/* Set up devs[ndevs] as a store of size bytes, or, if source is not
+ * NULL, as a clone of source (which is frozen from now on).
+ */
+static void
+dev_init (uint64_t size, struct dev *source)
 {
+  struct dev *d = &devs[ndevs];
+
+  memset (d, 0, sizeof *d);
+  d->id = ndevs;
   d->size = size;
   d->npages = (size + PAGE - 1) / PAGE;
-  d->s = store_create (size, shift, &limit);
+  d->nchunks = (size + (1ULL << shift) - 1) >> shift;
+  d->source = source;
+  if (source) {
+    source->frozen = true;
+    d->depth = source->depth + 1;
+    d->s = store_create_clone (source->s, &limit);
+  }
+  else
+    d->s = store_create (size, shift, &limit);
+  if (d->s == NULL || store_set_codec (d->s, codec) == -1)
+    abort ();
   d->ref = calloc (1, size + 1);
-  d->held = calloc (1, d->npages + 1);
-  return d->s && d->ref && d->held ? 0 : -1;
+  d->state = malloc (d->npages + 1);
+  d->chunk = calloc (1, d->nchunks + 1);
+  if (d->s == NULL || d->ref == NULL || d->state == NULL || d->chunk == NULL)
+    abort ();
+  memset (d->state, source ? P_SOURCE : P_HOLE, d->npages + 1);
+  if (source)
+    memcpy (d->ref, source->ref, size);
+  ndevs++;
 }
 
 static void
@@ -337,44 +668,74 @@ dev_free (struct dev *d)
 {
   store_destroy (d->s);
   free (d->ref);
-  free (d->held);
+  free (d->state);
+  free (d->chunk);
+}
+
+/* Every byte and every extent of d. */
+static void
+check_all (struct dev *d)
+{
+  for (uint64_t o = 0; o < d->size; o += MAX_LEN)
+    check_read (d, o, MIN (d->size - o, MAX_LEN));
+  if (d->size > 0)
+    check_extents (d, 0, d->size, 0);
+  check_model (d);
 }
 
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
   struct input in = { data, size };
-  struct dev devs[2];
-  unsigned shift = STORE_MIN_CHUNK_SHIFT + take (&in, 1) % 5; /* 4K..64K */
-  unsigned size_kind = take (&in, 1);
-  uint64_t size_a = take (&in, 3) %
-    ((size_kind & 3) == 0 ? MAX_SIZE_A + 1 : HOT + 1);
-  uint64_t size_b = take (&in, 2) % (MAX_SIZE_B + 1);
-  unsigned cap = take (&in, 1);
+  unsigned size_kind, cap;
+  uint64_t size_a, size_b;
 
+  shift = STORE_MIN_CHUNK_SHIFT + take (&in, 1) % 5; /* 4K..64K */
+  size_kind = take (&in, 1);
+  /* Bits 2-3 of size_kind: no codec (half the time), zstd or lz4,
+   * which take chunks of 16K at least.
+   */
+  codec = (size_kind >> 2 & 3) < 2 ? CODEC_NONE
+    : (size_kind >> 2 & 3) == 2 ? CODEC_ZSTD : CODEC_LZ4;
+  if (codec != CODEC_NONE && shift < 14)
+    shift = 14;
+  size_a = take (&in, 3) % ((size_kind & 3) == 0 ? MAX_SIZE_A + 1 : HOT + 1);
+  size_b = take (&in, 2) % (MAX_SIZE_B + 1);
+  cap = take (&in, 1);
   if (trace == -1)
     trace = getenv ("FUZZ_STORE_TRACE") != NULL;
   /* A cap of 0..127 pages, or none. */
   atomic_store (&limit.used, 0);
   limit.max = cap & 0x80 ? UINT64_MAX : (uint64_t) (cap & 0x7f) * PAGE;
-  TRACE ("chunk %u, sizes %lu and %lu, cap %lu\n", 1u << shift,
-         (unsigned long) size_a, (unsigned long) size_b,
+  TRACE ("chunk %u, codec %s, sizes %lu and %lu, cap %lu\n", 1u << shift,
+         codec_name (codec), (unsigned long) size_a, (unsigned long) size_b,
          (unsigned long) limit.max);
-  if (dev_init (&devs[0], size_a, shift) == -1 ||
-      dev_init (&devs[1], size_b, shift) == -1)
-    abort ();
+  ndevs = 0;
+  dev_init (size_a, NULL);
+  dev_init (size_b, NULL);
 
   for (unsigned n = 0; n < MAX_OPS && in.left > 0; n++) {
+    /* One byte: the operation, the store and two bits for the operation;
+     * then the range but for a clone, then the data for a write.
+     */
     unsigned op = take (&in, 1);
-    struct dev *d = &devs[op >> 7], *other = &devs[!(op >> 7)];
-    uint64_t off, len;
+    unsigned type = op & 7, aux = op >> 6;
+    bool clone = type == 7 && aux & 1;
+    struct dev *d = &devs[(op >> 3 & 7) % ndevs];
+    uint64_t off = 0, len = 0;
 
-    pick_range (&in, d, &off, &len);
-    TRACE ("op %u on store %d: %s %lu+%lu\n", n, op >> 7,
+    /* Writes (and the out-of-range ones) go to a store not frozen. */
+    if (type <= 4 || (type == 7 && !clone))
+      while (d->frozen)
+        d = &devs[(d->id + 1) % ndevs];
+    if (!clone)
+      pick_range (&in, d, &off, &len);
+    TRACE ("op %u on store %d: %s %lu+%lu\n", n, d->id,
+           clone ? "clone" :
            (const char *[]) { "write", "write", "write", "zero", "zero",
-                              "read", "extents", "out-of-range" }[op & 7],
+                              "read", "extents", "out-of-range" }[type],
            (unsigned long) off, (unsigned long) len);
-    switch (op & 7) {
+    switch (type) {
     case 0: case 1: case 2: {
       unsigned kind = take (&in, 1);
       uint32_t seed = take (&in, 4);
@@ -389,30 +750,37 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       check_read (d, off, len);
       break;
     case 6:
-      check_extents (d, off, len, (op >> 3) & 3);
+      check_extents (d, off, len, aux);
       break;
     default:
+      if (clone) {
+        /* Freeze d and clone it: the clone reads as d, holds nothing. */
+        if (ndevs == MAX_DEVS || d->depth == MAX_DEPTH) {
+          TRACE ("  no clone: %d stores, depth %d\n", ndevs, d->depth);
+          break;
+        }
+        dev_init (d->size, d);
+        TRACE ("  store %d: clone of store %d, depth %d\n", ndevs - 1,
+               d->id, devs[ndevs - 1].depth);
+        check_chain (&devs[ndevs - 1], 0, MIN (d->size, HOT));
+        break;
+      }
       check_out_of_range (d, d->size - (len > d->size ? d->size : len),
-                          len + 1 + (op >> 3 & 15));
-      check_out_of_range (d, d->size + 1 + (op >> 3 & 15), 0);
+                          len + 1 + (off & 15));
+      check_out_of_range (d, d->size + 1 + (off >> 4 & 15), 0);
       break;
     }
-    check_accounting (d, other);
+    check_accounting ();
   }
 
-  /* Everything, at the end. */
-  for (int i = 0; i < 2; i++) {
-    for (uint64_t o = 0; o < devs[i].size; o += MAX_LEN)
-      check_read (&devs[i], o,
-                  devs[i].size - o < MAX_LEN ? devs[i].size - o : MAX_LEN);
-    if (devs[i].size > 0)
-      check_extents (&devs[i], 0, devs[i].size, 0);
-    check_accounting (&devs[i], &devs[!i]);
+  /* Everything, at the end; then clones go before their sources. */
+  for (int i = 0; i < ndevs; i++)
+    check_all (&devs[i]);
+  check_accounting ();
+  while (ndevs > 0) {
+    dev_free (&devs[--ndevs]);
+    check_accounting ();
   }
-  dev_free (&devs[0]);
-  CHECK (atomic_load (&limit.used) == store_allocated (devs[1].s),
-         "destroying a store did not give its pages back");
-  dev_free (&devs[1]);
   CHECK (atomic_load (&limit.used) == 0, "cap use %lu after destroying all",
          (unsigned long) atomic_load (&limit.used));
   return 0;
