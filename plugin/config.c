@@ -178,14 +178,14 @@ config_check_mlock (void)
   for (size_t i = 0; i < config.ndevices; i++) {
     if (config.devices[i].compress > CODEC_NONE) {
       nbdkit_error ("mlock=true: not with compressed devices (name=%s "
-                    "has :compress=%s): see MEMORY USE in "
+                    "has :compress=%s): see LOCKED MEMORY in "
                     "nbdkit-memblock(1)", config.devices[i].name,
                     codec_name (config.devices[i].compress));
       return -1;
     }
   }
   if (config.compress != CODEC_NONE) {
-    nbdkit_error ("mlock=true: not with compress=%s: see MEMORY USE in "
+    nbdkit_error ("mlock=true: not with compress=%s: see LOCKED MEMORY in "
                   "nbdkit-memblock(1)", codec_name (config.compress));
     return -1;
   }
