@@ -45,6 +45,11 @@ def rand_data(rng, n):
     kind = rng.random()
     if kind < 0.1:
         return bytes(n)
+    return random_with_zeroes(rng, n, kind)
+
+
+def random_with_zeroes(rng, n, kind):
+    """Random bytes; for kind < 0.4 with zero runs punched in them."""
     buf = bytearray(rng.randbytes(n))
     if kind < 0.4:                       # punch zero runs in it
         for _ in range(rng.randint(1, 4)):
@@ -52,6 +57,49 @@ def rand_data(rng, n):
             b = min(n, a + rng.randint(1, 3 * PAGE))
             buf[a:b] = bytes(b - a)
     return bytes(buf)
+
+
+def repeat_at(pattern, off, n):
+    """n bytes of pattern repeated, in phase with device offset 0, so a
+    device region holds the same bytes whichever request wrote them."""
+    k = len(pattern)
+    reps = pattern * ((n + off % k) // k + 1)
+    return reps[off % k:off % k + n]
+
+
+WORDS = (b"memblock ", b"nbd ", b"zstd ", b"lz4 ", b"sector ", b"page ",
+         b"unit ", b"chunk ", b"the ", b"of ", b"\n")
+
+
+def rand_compressible(rng, off, n):
+    """Write payload for compressed stores (--compressible): a mix of
+    every form a 16 KiB unit can take there.  Same-filled 8-byte words
+    (a unit holding one word: the "same" form), short repeated patterns
+    and text (zstd/lz4 pack them), random data (kept raw), zeroes, and
+    random data with compressible or zero runs inside (units that
+    compress in part or not enough)."""
+    kind = rng.random()
+    if kind < 0.08:
+        return bytes(n)
+    if kind < 0.25:                      # one 8-byte word, often 0xff..
+        word = rng.choice([b"\xff" * 8, b"\x01" + bytes(7),
+                           rng.randbytes(8)])
+        return repeat_at(word, off, n)
+    if kind < 0.40:                      # a short repeated pattern
+        return repeat_at(rng.randbytes(rng.randint(1, 3000)), off, n)
+    if kind < 0.55:                      # text-like
+        out = b""
+        while len(out) < n:
+            out += b"".join(rng.choices(WORDS, k=n // 4 + 1))
+        return out[:n]
+    if kind < 0.75:                      # random with runs of a pattern
+        buf = bytearray(rng.randbytes(n))
+        for _ in range(rng.randint(1, 4)):
+            a = rng.randrange(n)
+            b = min(n, a + rng.randint(1, 5 * PAGE))
+            buf[a:b] = repeat_at(b"\xa5\x5a", a, b - a)
+        return bytes(buf)
+    return random_with_zeroes(rng, n, rng.random())
 
 
 class Stats:
@@ -77,9 +125,11 @@ class Stats:
 class Worker(threading.Thread):
     """Owns [lo, hi) of one device, with one connection of its own."""
 
-    def __init__(self, name, uri, model, lo, hi, seed, deadline, stats):
+    def __init__(self, name, uri, model, lo, hi, seed, deadline, stats,
+                 compressible=False):
         super().__init__(name=name)
         self.uri, self.model, self.lo, self.hi = uri, model, lo, hi
+        self.compressible = compressible
         self.rng = random.Random(seed)
         self.deadline, self.stats = deadline, stats
 
@@ -148,7 +198,10 @@ class Worker(threading.Thread):
             for off, n in self.pick_ranges(rng.randint(1, 4)):
                 r = rng.random()
                 if r < 0.40:
-                    data = rand_data(rng, n)
+                    if self.compressible:
+                        data = rand_compressible(rng, off, n)
+                    else:
+                        data = rand_data(rng, n)
                     flags = nbd.CMD_FLAG_FUA if rng.random() < 0.2 else 0
                     c = h.aio_pwrite(data, off, flags=flags)
                     batch.append((c, "write", off, n, data))
@@ -201,6 +254,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--workers", type=int, default=3, help="per device")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--compressible", action="store_true",
+                    help="write data of every kind a compressed store "
+                    "packs differently (same-filled, text, patterns)")
     ap.add_argument("uris", nargs="+")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
@@ -226,7 +282,8 @@ def main():
             lo = w * step
             hi = size if w == args.workers - 1 else lo + step
             workers.append(Worker("dev%d/w%d" % (d, w), uri, model, lo, hi,
-                                  seed * 1000 + d * 100 + w, deadline, stats))
+                                  seed * 1000 + d * 100 + w, deadline, stats,
+                                  args.compressible))
     for w in workers:
         w.start()
     for w in workers:
