@@ -357,6 +357,17 @@ registry_create (const struct connect *req, const char *quoted)
 {
   struct device *src;
 
+  if (req->compress > CODEC_NONE && config.mlock) {
+    nbdkit_error ("export '%s': :compress= is refused with mlock=true",
+                  quoted);
+    return NULL;
+  }
+  if (req->compress > CODEC_NONE &&
+      ((uint64_t) 1 << config.chunk_shift) < CODEC_UNIT) {
+    nbdkit_error ("export '%s': :compress= needs chunk-size of at least "
+                  "%zuK", quoted, CODEC_UNIT / 1024);
+    return NULL;
+  }
   if (req->from[0] == '\0')
     return registry_add (req->name,
                          req->size == -1 ? config.size : (uint64_t) req->size,

@@ -68,3 +68,27 @@ echo "libguestfs: backend direct, accelerator $guestfs_accel" \
 
 # Seconds allowed for one guestfish run that launches the appliance.
 GUESTFS_TIMEOUT=${GUESTFS_TIMEOUT:-180}
+
+# guestfish_run NAME ARGS...: run guestfish with the script on stdin,
+# output in $tmp/NAME.out; fails the test on error or timeout.
+guestfish_run() {
+    gname=$1; shift
+    start=$(date +%s)
+    rc=0
+    timeout "$GUESTFS_TIMEOUT" guestfish "$@" \
+        >"$tmp/$gname.out" 2>"$tmp/$gname.err" || rc=$?
+    echo "guestfish $gname: exit $rc after $(( $(date +%s) - start )) s"
+    if [ $rc -ne 0 ]; then
+        cat "$tmp/$gname.out" "$tmp/$gname.err"
+        [ $rc -ne 124 ] || fail "guestfish $gname: over $GUESTFS_TIMEOUT s"
+        fail "guestfish $gname failed (exit $rc)"
+    fi
+}
+
+# check_output NAME EXPECTED: the guestfish output must be exactly that.
+check_output() {
+    printf '%s\n' "$2" >"$tmp/$1.want"
+    diff -u "$tmp/$1.want" "$tmp/$1.out" ||
+        fail "guestfish $1: output differs from the expected (above)"
+}
+
