@@ -728,9 +728,15 @@ static void
 store_settle (struct store *s, uint64_t reserved, uint64_t gained,
               uint64_t released, int64_t held)
 {
-  atomic_fetch_add_explicit (&s->pages, gained - released,
-                             memory_order_relaxed);
-  atomic_fetch_add_explicit (&s->held, (uint64_t) held, memory_order_relaxed);
+  /* Overwrites change nothing: leave the shared counters' cache lines
+   * alone, so that threads writing different places do not contend.
+   */
+  if (gained != released)
+    atomic_fetch_add_explicit (&s->pages, gained - released,
+                               memory_order_relaxed);
+  if (held != 0)
+    atomic_fetch_add_explicit (&s->held, (uint64_t) held,
+                               memory_order_relaxed);
   if (s->limit != NULL && (int64_t) reserved != held)
     atomic_fetch_sub_explicit (&s->limit->used, reserved - (uint64_t) held,
                                memory_order_relaxed);
@@ -1224,9 +1230,10 @@ store_unit_rebuild (struct store *s, struct chunk *c, uint64_t base,
                     const unsigned char *src, bool release,
                     struct store_unit_edit *e)
 {
-  unsigned char buf[CODEC_UNIT];
-  uint64_t p0 = u * STORE_UNIT_PAGES, h, d;
+  unsigned char buf[CODEC_UNIT], *unit = buf;
+  uint64_t p0 = u * STORE_UNIT_PAGES, h, d, us = p0 << STORE_PAGE_SHIFT;
   void *old = c->unit[u];
+  bool whole = from <= us && to >= us + CODEC_UNIT;
 
   e->c = c;
   e->u = u;
@@ -1234,8 +1241,7 @@ store_unit_rebuild (struct store *s, struct chunk *c, uint64_t base,
   e->data = d & ((((uint64_t) 1 << STORE_UNIT_PAGES) - 1) << (p0 % 64));
   e->hide = c->hide ? h & (((uint64_t) 1 << STORE_UNIT_PAGES) - 1)
                           << (p0 % 64) : 0;
-  if (release && from <= (p0 << STORE_PAGE_SHIFT) &&
-      to >= (p0 << STORE_PAGE_SHIFT) + CODEC_UNIT) {
+  if (release && whole) {
     /* The whole unit goes: nothing to unpack. */
     e->data = 0;
     e->hide = c->hide ? (((uint64_t) 1 << STORE_UNIT_PAGES) - 1)
@@ -1243,6 +1249,22 @@ store_unit_rebuild (struct store *s, struct chunk *c, uint64_t base,
     e->blob = NULL;
     e->held = old ? - (int64_t) codec_held (old) : 0;
     return 0;
+  }
+  if (src && whole) {
+    /* The write covers the unit: pack its data as it is.  Its all-zero
+     * pages are the unit's pages without data (Z1), or data pages
+     * written with zeroes, which stay data.
+     */
+    unit = (unsigned char *) src + (us - from);
+    for (uint64_t i = 0; i < STORE_UNIT_PAGES; i++) {
+      uint64_t bit = (uint64_t) 1 << ((p0 + i) % 64);
+
+      if (!store_is_zero (unit + i * STORE_PAGE, STORE_PAGE))
+        e->data |= bit;
+      if (c->hide && (e->data & bit || !(d & bit)))
+        e->hide |= bit;         /* data, or a source page now zero */
+    }
+    goto pack;
   }
   if (old == NULL)
     memset (buf, 0, sizeof buf);
@@ -1278,8 +1300,9 @@ store_unit_rebuild (struct store *s, struct chunk *c, uint64_t base,
     if (cls == STORE_SOURCE || (e->data & bit))
       e->hide |= c->hide ? bit : 0;
   }
+ pack:
   e->blob = NULL;
-  if (e->data != 0 && (e->blob = codec_pack (s->codec, buf)) == NULL)
+  if (e->data != 0 && (e->blob = codec_pack (s->codec, unit)) == NULL)
     return -1;
   e->held = (int64_t) (e->blob ? codec_held (e->blob) : 0)
             - (int64_t) (old ? codec_held (old) : 0);
