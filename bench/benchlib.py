@@ -1,11 +1,13 @@
-# memblock benchmarks: shared helpers (servers, CPU pinning, /proc readings).
-# Measures nothing itself; fio-bench.py, sparse-bench.py and clone-bench.py
-# use it.
+# memblock benchmarks: shared helpers (servers, CPU pinning, /proc readings,
+# fio runs, the golden ext4 image).  Measures nothing itself;
+# fio-bench.py, sparse-bench.py, clone-bench.py and compress-bench.py use it.
 
 import json
 import os
+import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -191,6 +193,252 @@ def wait_nbd(uri, proc=None, timeout=120):
                                (uri, timeout, err))
         time.sleep(0.005)
 
+
+# ---------------------------------------------------------------- fio
+
+def fio_run(uri, opts, out, cpu=None, runtime=None):
+    """Run fio once (one job per opts' numjobs, each its own NBD
+    connection to uri); returns (bytes moved, MiB/s, IOPS)."""
+    cmd = ["fio", "--name=bench", "--ioengine=nbd", "--uri=" + uri,
+           "--group_reporting", "--output-format=json", "--output=" + out]
+    if runtime is not None:
+        cmd += ["--time_based", "--runtime=%dms" % (runtime * 1000)]
+    cmd += ["--%s=%s" % (k, v) for k, v in opts.items()]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    if os.path.exists(out):
+        os.unlink(out)
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, timeout=(runtime or 0) + 300)
+    if r.returncode != 0:
+        raise RuntimeError("fio failed (%d): %s\n%s" %
+                           (r.returncode, " ".join(cmd), r.stderr[-2000:]))
+    with open(out) as f:
+        data = json.load(f)
+    moved = bw = iops = 0
+    for job in data["jobs"]:
+        if job.get("error"):
+            raise RuntimeError("fio job error %s: %s" % (job["error"], cmd))
+        for d in ("read", "write"):
+            moved += job[d]["io_bytes"]
+            bw += job[d]["bw_bytes"]
+            iops += job[d]["iops"]
+    if moved == 0:
+        raise RuntimeError("fio moved no data: %s" % " ".join(cmd))
+    return moved, bw / MiB, iops
+
+
+def child_cpu():
+    """CPU seconds used by the finished children (fio and its jobs)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def fio_measure(server, opts, out, cpu, runtime):
+    """One sample of fio_run against server: fio's figures plus the
+    server's CPU seconds per GiB and fio's CPU seconds."""
+    if not server.alive():
+        raise RuntimeError("%s died: %s" % (server.label, server.read_log()))
+    c0 = server.cpu_seconds()
+    f0 = child_cpu()
+    t0 = time.monotonic()
+    moved, mibs, iops = fio_run(server.uri, opts, out, cpu, runtime)
+    t1 = time.monotonic()
+    f1 = child_cpu()
+    c1 = server.cpu_seconds()
+    # Busy figures divide by the I/O time, not fio's start-up.
+    return {"mibs": mibs, "iops": iops, "bytes": moved,
+            "wall_s": min(t1 - t0, runtime or t1 - t0),
+            "cpu_s": c1 - c0, "cpu_per_gib": (c1 - c0) / (moved / GiB),
+            "fio_cpu_s": f1 - f0}
+
+
+# ---------------------------------------------------------------- image
+# The golden image of clone-bench.py and compress-bench.py: an ext4 file
+# system (mkfs.ext4 -d) holding real files from /usr/share and /usr/bin,
+# kept in IMAGE_DIR under the results directory between runs.
+
+IMAGE_SOURCES = ("/usr/share", "/usr/bin")
+IMAGE_SPLIT = 1000      # staged directories hold at most this many entries
+IMAGE_VERSION = 1       # bump when the way the image is built changes
+IMAGE_SIZE = "2G"       # the full run's image and the files put in it
+IMAGE_DATA = "1.3G"
+IMAGE_DIR = "clone"     # under the results directory
+
+
+def image_dir(out):
+    """The directory that keeps the image, beside the JSON file out."""
+    return os.path.join(os.path.dirname(os.path.abspath(out)), IMAGE_DIR)
+
+
+
+def stage(sources, dest, limit):
+    """Hard-link (or copy) regular files, symlinks and directories of
+    sources into dest until the files' allocated size reaches limit.
+    Directories with more than IMAGE_SPLIT entries are spread over part-N
+    subdirectories: mkfs.ext4 -d inserts into a directory in linear time,
+    and /usr/share/man/man1 alone would cost it half a minute.
+    Returns (files, apparent bytes, allocated bytes), each inode once.
+    """
+    seen = set()
+    files = apparent = alloc = 0
+    for src in sources:
+        dmap = {src: os.path.join(dest, src.strip("/").replace("/", "_"))}
+        os.makedirs(dmap[src])
+        for root, dirs, names in os.walk(src):
+            droot = dmap.get(root)
+            if droot is None:   # under a directory we did not create
+                dirs[:] = []
+                continue
+            entries = sorted(dirs + names)
+            dirs[:] = []
+            for i, name in enumerate(entries):
+                if alloc >= limit:
+                    return files, apparent, alloc
+                sp = os.path.join(root, name)
+                dd = droot
+                if len(entries) > IMAGE_SPLIT:
+                    dd = os.path.join(droot, "part-%d" % (i // IMAGE_SPLIT))
+                    os.makedirs(dd, exist_ok=True)
+                dp = os.path.join(dd, name)
+                try:
+                    st = os.lstat(sp)
+                except OSError:
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    os.symlink(os.readlink(sp), dp)
+                elif stat.S_ISDIR(st.st_mode):
+                    if st.st_dev != os.stat(src).st_dev:
+                        continue
+                    os.mkdir(dp)
+                    dmap[sp] = dp
+                    dirs.append(name)
+                elif stat.S_ISREG(st.st_mode):
+                    if not os.access(sp, os.R_OK):
+                        continue
+                    try:
+                        os.link(sp, dp)
+                    except OSError:
+                        shutil.copy2(sp, dp)
+                    if (st.st_dev, st.st_ino) not in seen:
+                        seen.add((st.st_dev, st.st_ino))
+                        files += 1
+                        apparent += st.st_size
+                        alloc += st.st_blocks * 512
+    return files, apparent, alloc
+
+
+def data_extents(path):
+    """[(offset, length)] of the data (not hole) extents of a file."""
+    ext = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        off = 0
+        while off < size:
+            try:
+                start = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError:
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            ext.append((start, end - start))
+            off = end
+    finally:
+        os.close(fd)
+    return ext
+
+
+def scan(path):
+    """(data extents' bytes, bytes in non-zero 4 KiB pages) of a file;
+    reading it also leaves it in the page cache."""
+    zero = bytes(4096)
+    data = nonzero = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for start, length in data_extents(path):
+            data += length
+            off = start
+            while off < start + length:
+                b = os.pread(fd, min(MiB, start + length - off), off)
+                nonzero += 4096 * sum(1 for i in range(0, len(b), 4096)
+                                      if b[i:i + 4096] != zero)
+                off += len(b)
+    finally:
+        os.close(fd)
+    return data, nonzero
+
+
+def golden_image(work, size, limit):
+    """Build (or reuse) the ext4 image; returns (path, description)."""
+    img = os.path.join(work, "golden-%d.img" % size)
+    stamp = img + ".json"
+    want = {"version": IMAGE_VERSION, "size": size, "limit": limit,
+            "sources": list(IMAGE_SOURCES)}
+    old = None
+    try:
+        with open(stamp) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        pass
+    if old and all(old.get(k) == v for k, v in want.items()) and \
+            os.path.exists(img) and os.path.getsize(img) == size:
+        log("image %s: reused (%d files, %.0f MiB allocated)" %
+               (img, old["files"], old["files_alloc"] / MiB))
+        desc = old
+        desc["reused"] = True
+    else:
+        desc = make_image(img, stamp, want, size, limit)
+        desc["reused"] = False
+    # What SEEK_DATA reports changes after mkfs (ext4 turns its unwritten
+    # extents into data as the file is written back): measure it now, as
+    # the servers will see it; reading it also fills the page cache.
+    t0 = time.monotonic()
+    desc["data"], desc["nonzero"] = scan(img)
+    desc["allocated"] = os.stat(img).st_blocks * 512
+    log("image %s: %.0f MiB of data extents, %.0f MiB allocated, %.0f MiB "
+           "in non-zero 4 KiB pages (scanned in %.1f s)" %
+           (img, desc["data"] / MiB, desc["allocated"] / MiB,
+            desc["nonzero"] / MiB, time.monotonic() - t0))
+    return img, desc
+
+
+def make_image(img, stamp, want, size, limit):
+    """Stage the files, mkfs.ext4 -d the image, write its stamp."""
+    work = os.path.dirname(img)
+    staging = os.path.join(work, "staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    for f in (img, stamp):
+        if os.path.exists(f):
+            os.unlink(f)
+    tmp = img + ".tmp"
+    try:
+        t0 = time.monotonic()
+        files, apparent, alloc = stage(IMAGE_SOURCES, staging, limit)
+        t1 = time.monotonic()
+        log("image: staged %d files, %.0f MiB (%.0f MiB allocated) in "
+               "%.1f s" % (files, apparent / MiB, alloc / MiB, t1 - t0))
+        with open(tmp, "w") as f:
+            f.truncate(size)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", staging,
+                        tmp], check=True)
+        t2 = time.monotonic()
+        fd = os.open(tmp, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(tmp, img)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    desc = dict(want, files=files, files_bytes=apparent, files_alloc=alloc,
+                mkfs_s=t2 - t1)
+    write_json(stamp, desc)
+    log("image %s: mkfs.ext4 took %.1f s" % (img, t2 - t1))
+    return desc
+
+
+# ---------------------------------------------------------------- misc
 
 def median(xs):
     xs = sorted(xs)

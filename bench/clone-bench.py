@@ -5,7 +5,8 @@
 #
 # The image: an ext4 file system (mkfs.ext4 -d) holding real files from
 # /usr/share and /usr/bin (up to --data bytes of them), kept in the work
-# directory between runs.
+# directory between runs (benchlib.golden_image; compress-bench.py uses
+# the same image).
 #
 # Measures, in one run:
 #   set-ups  three ways of serving N writable copies of the image, one at
@@ -42,7 +43,6 @@ import json
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -53,178 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as bl  # noqa: E402
 
 
-SOURCES = ("/usr/share", "/usr/bin")
-SPLIT = 1000            # staged directories hold at most this many entries
 SHM_PREFIX = "memblock-clone-bench."
-IMAGE_VERSION = 1       # bump when the way the image is built changes
-
-
-# ---------------------------------------------------------------- image
-
-def stage(sources, dest, limit):
-    """Hard-link (or copy) regular files, symlinks and directories of
-    sources into dest until the files' allocated size reaches limit.
-    Directories with more than SPLIT entries are spread over part-N
-    subdirectories: mkfs.ext4 -d inserts into a directory in linear time,
-    and /usr/share/man/man1 alone would cost it half a minute.
-    Returns (files, apparent bytes, allocated bytes), each inode once.
-    """
-    seen = set()
-    files = apparent = alloc = 0
-    for src in sources:
-        dmap = {src: os.path.join(dest, src.strip("/").replace("/", "_"))}
-        os.makedirs(dmap[src])
-        for root, dirs, names in os.walk(src):
-            droot = dmap.get(root)
-            if droot is None:   # under a directory we did not create
-                dirs[:] = []
-                continue
-            entries = sorted(dirs + names)
-            dirs[:] = []
-            for i, name in enumerate(entries):
-                if alloc >= limit:
-                    return files, apparent, alloc
-                sp = os.path.join(root, name)
-                dd = droot
-                if len(entries) > SPLIT:
-                    dd = os.path.join(droot, "part-%d" % (i // SPLIT))
-                    os.makedirs(dd, exist_ok=True)
-                dp = os.path.join(dd, name)
-                try:
-                    st = os.lstat(sp)
-                except OSError:
-                    continue
-                if stat.S_ISLNK(st.st_mode):
-                    os.symlink(os.readlink(sp), dp)
-                elif stat.S_ISDIR(st.st_mode):
-                    if st.st_dev != os.stat(src).st_dev:
-                        continue
-                    os.mkdir(dp)
-                    dmap[sp] = dp
-                    dirs.append(name)
-                elif stat.S_ISREG(st.st_mode):
-                    if not os.access(sp, os.R_OK):
-                        continue
-                    try:
-                        os.link(sp, dp)
-                    except OSError:
-                        shutil.copy2(sp, dp)
-                    if (st.st_dev, st.st_ino) not in seen:
-                        seen.add((st.st_dev, st.st_ino))
-                        files += 1
-                        apparent += st.st_size
-                        alloc += st.st_blocks * 512
-    return files, apparent, alloc
-
-
-def data_extents(path):
-    """[(offset, length)] of the data (not hole) extents of a file."""
-    ext = []
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        off = 0
-        while off < size:
-            try:
-                start = os.lseek(fd, off, os.SEEK_DATA)
-            except OSError:
-                break
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-            ext.append((start, end - start))
-            off = end
-    finally:
-        os.close(fd)
-    return ext
-
-
-def scan(path):
-    """(data extents' bytes, bytes in non-zero 4 KiB pages) of a file;
-    reading it also leaves it in the page cache."""
-    zero = bytes(4096)
-    data = nonzero = 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for start, length in data_extents(path):
-            data += length
-            off = start
-            while off < start + length:
-                b = os.pread(fd, min(bl.MiB, start + length - off), off)
-                nonzero += 4096 * sum(1 for i in range(0, len(b), 4096)
-                                      if b[i:i + 4096] != zero)
-                off += len(b)
-    finally:
-        os.close(fd)
-    return data, nonzero
-
-
-def golden_image(work, size, limit):
-    """Build (or reuse) the ext4 image; returns (path, description)."""
-    img = os.path.join(work, "golden-%d.img" % size)
-    stamp = img + ".json"
-    want = {"version": IMAGE_VERSION, "size": size, "limit": limit,
-            "sources": list(SOURCES)}
-    old = None
-    try:
-        with open(stamp) as f:
-            old = json.load(f)
-    except (OSError, ValueError):
-        pass
-    if old and all(old.get(k) == v for k, v in want.items()) and \
-            os.path.exists(img) and os.path.getsize(img) == size:
-        bl.log("image %s: reused (%d files, %.0f MiB allocated)" %
-               (img, old["files"], old["files_alloc"] / bl.MiB))
-        desc = old
-        desc["reused"] = True
-    else:
-        desc = make_image(img, stamp, want, size, limit)
-        desc["reused"] = False
-    # What SEEK_DATA reports changes after mkfs (ext4 turns its unwritten
-    # extents into data as the file is written back): measure it now, as
-    # the servers will see it; reading it also fills the page cache.
-    t0 = time.monotonic()
-    desc["data"], desc["nonzero"] = scan(img)
-    desc["allocated"] = os.stat(img).st_blocks * 512
-    bl.log("image %s: %.0f MiB of data extents, %.0f MiB allocated, %.0f MiB "
-           "in non-zero 4 KiB pages (scanned in %.1f s)" %
-           (img, desc["data"] / bl.MiB, desc["allocated"] / bl.MiB,
-            desc["nonzero"] / bl.MiB, time.monotonic() - t0))
-    return img, desc
-
-
-def make_image(img, stamp, want, size, limit):
-    """Stage the files, mkfs.ext4 -d the image, write its stamp."""
-    work = os.path.dirname(img)
-    staging = os.path.join(work, "staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    for f in (img, stamp):
-        if os.path.exists(f):
-            os.unlink(f)
-    tmp = img + ".tmp"
-    try:
-        t0 = time.monotonic()
-        files, apparent, alloc = stage(SOURCES, staging, limit)
-        t1 = time.monotonic()
-        bl.log("image: staged %d files, %.0f MiB (%.0f MiB allocated) in "
-               "%.1f s" % (files, apparent / bl.MiB, alloc / bl.MiB, t1 - t0))
-        with open(tmp, "w") as f:
-            f.truncate(size)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", staging,
-                        tmp], check=True)
-        t2 = time.monotonic()
-        fd = os.open(tmp, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-        os.replace(tmp, img)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    desc = dict(want, files=files, files_bytes=apparent, files_alloc=alloc,
-                mkfs_s=t2 - t1)
-    bl.write_json(stamp, desc)
-    bl.log("image %s: mkfs.ext4 took %.1f s" % (img, t2 - t1))
-    return desc
 
 
 # ---------------------------------------------------------------- helpers
@@ -527,8 +356,8 @@ def bench_load(servers, args, img, size, result):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--image-size", default="2G")
-    ap.add_argument("--data", default="1.3G",
+    ap.add_argument("--image-size", default=bl.IMAGE_SIZE)
+    ap.add_argument("--data", default=bl.IMAGE_DATA,
                     help="allocated size of the files to put in the image")
     ap.add_argument("--clones", type=int, default=8)
     ap.add_argument("--write", default="32M", help="bytes written per clone")
@@ -544,10 +373,10 @@ def main():
     bl.die_on_signals()
 
     size = bl.parse_size(args.image_size)
-    work = os.path.join(os.path.dirname(os.path.abspath(args.out)), "clone")
+    work = bl.image_dir(args.out)
     os.makedirs(work, exist_ok=True)
     fio_out = os.path.join(work, "fio.json")
-    img, desc = golden_image(work, size, bl.parse_size(args.data))
+    img, desc = bl.golden_image(work, size, bl.parse_size(args.data))
     srv_cpu, cli_cpu = bl.cpus()
     result = {"image": desc, "clones": args.clones, "write": args.write,
               "read_runtime": args.read_runtime, "rounds": args.rounds,

@@ -9,12 +9,8 @@
 # round follows for reference.  Writes the samples as JSON.
 
 import argparse
-import json
 import os
-import resource
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as bl  # noqa: E402
@@ -30,61 +26,6 @@ WORKLOADS = [
     ("64k-randrw70-2c", dict(rw="randrw", rwmixread=70, bs="64k",
                              iodepth=16, numjobs=2)),
 ]
-
-
-def fio(uri, opts, out, cpu=None, runtime=None):
-    """Run fio once; returns (bytes moved, MiB/s, IOPS)."""
-    cmd = ["fio", "--name=bench", "--ioengine=nbd", "--uri=" + uri,
-           "--group_reporting", "--output-format=json", "--output=" + out]
-    if runtime is not None:
-        cmd += ["--time_based", "--runtime=%dms" % (runtime * 1000)]
-    cmd += ["--%s=%s" % (k, v) for k, v in opts.items()]
-    if cpu is not None:
-        cmd = ["taskset", "-c", str(cpu)] + cmd
-    if os.path.exists(out):
-        os.unlink(out)
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True, timeout=(runtime or 0) + 300)
-    if r.returncode != 0:
-        raise RuntimeError("fio failed (%d): %s\n%s" %
-                           (r.returncode, " ".join(cmd), r.stderr[-2000:]))
-    with open(out) as f:
-        data = json.load(f)
-    moved = bw = iops = 0
-    for job in data["jobs"]:
-        if job.get("error"):
-            raise RuntimeError("fio job error %s: %s" % (job["error"], cmd))
-        for d in ("read", "write"):
-            moved += job[d]["io_bytes"]
-            bw += job[d]["bw_bytes"]
-            iops += job[d]["iops"]
-    if moved == 0:
-        raise RuntimeError("fio moved no data: %s" % " ".join(cmd))
-    return moved, bw / bl.MiB, iops
-
-
-def measure(server, opts, out, cpu, runtime):
-    """One sample: fio's figures plus the server's CPU seconds per GiB."""
-    if not server.alive():
-        raise RuntimeError("%s died: %s" % (server.label, server.read_log()))
-    c0 = server.cpu_seconds()
-    f0 = child_cpu()
-    t0 = time.monotonic()
-    moved, mibs, iops = fio(server.uri, opts, out, cpu, runtime)
-    t1 = time.monotonic()
-    f1 = child_cpu()
-    c1 = server.cpu_seconds()
-    # Busy figures divide by the I/O time, not fio's start-up.
-    return {"mibs": mibs, "iops": iops, "bytes": moved,
-            "wall_s": min(t1 - t0, runtime or t1 - t0),
-            "cpu_s": c1 - c0, "cpu_per_gib": (c1 - c0) / (moved / bl.GiB),
-            "fio_cpu_s": f1 - f0}
-
-
-def child_cpu():
-    """CPU seconds used by the finished children (fio and its jobs)."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
 
 
 def pick(workloads, names):
@@ -136,7 +77,8 @@ def main():
         # Prefill every device with non-zero data (fio's random buffers).
         for label in bl.SERVERS:
             bl.log("prefill %s (%d MiB)" % (label, size // bl.MiB))
-            fio(srv[label].uri, dict(rw="write", bs="1m", iodepth=8), fio_out)
+            bl.fio_run(srv[label].uri, dict(rw="write", bs="1m", iodepth=8),
+                       fio_out)
             result.setdefault("rss_after_prefill", {})[label] = \
                 srv[label].rss()
 
@@ -149,8 +91,8 @@ def main():
                        (mode, r + 1, rounds, " ".join(order)))
                 for name, opts in workloads:
                     for label in order:
-                        s = measure(srv[label], opts, fio_out, cli,
-                                    args.runtime)
+                        s = bl.fio_measure(srv[label], opts, fio_out, cli,
+                                       args.runtime)
                         s["round"] = r
                         table.setdefault(name, {}).setdefault(
                             label, []).append(s)

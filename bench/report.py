@@ -1,11 +1,13 @@
 #!/usr/bin/python3
 # memblock benchmarks: the result tables, ratios and target verdicts.
 #
-# Reads what fio-bench.py, sparse-bench.py, clone-bench.py and
-# store-bench wrote into the results directory and prints medians of every
-# figure, the ratios of memblock to nbdkit memory (sparse), memory
-# allocator=malloc and null, memblock clones beside full copies and
-# qemu-storage-daemon, and a met/MISSED line per target.  Exits 1 if a
+# Reads what fio-bench.py, sparse-bench.py, clone-bench.py,
+# compress-bench.py, store-bench and store-fix.py wrote into the results
+# directory and prints medians of every figure, the ratios of memblock to
+# nbdkit memory (sparse), memory allocator=malloc and null, memblock
+# clones beside full copies and qemu-storage-daemon, compressed memblock
+# beside memory allocator=zstd, the store before and after the write/trim
+# race fix, and a met/MISSED line per target.  Exits 1 if a
 # part's results are missing or incomplete; with --strict, also if a
 # target is missed.
 
@@ -405,6 +407,286 @@ def store_section(r, resdir):
                          ratio(d[(op, bs, 2, "store")],
                                d[(op, bs, 2, "mutex")]), MUTEX_AHEAD, True)
 
+COMPRESS_LABELS = (("memblock", "memblock (none)"),
+                   ("memblock-zstd", "memblock zstd"),
+                   ("memblock-lz4", "memblock lz4"),
+                   ("memory-zstd", "memory zstd"),
+                   ("memory", "memory sparse"))
+
+
+def per_round(xs, fmt="%.2f"):
+    return " ".join(fmt % x for x in xs)
+
+
+def compress_section(r, d):
+    """Compressed devices: compress-bench.py's results."""
+    title = "Compression"
+    if d is None:
+        r.out(title + ": MISSING")
+        r.incomplete.append("compress")
+        r.out()
+        return
+    img, n = d["image"], d["rounds"]
+    r.out("%s: the golden image (%d MiB ext4, %.0f MiB allocated, %.0f MiB "
+          "in non-zero 4 KiB pages)" %
+          (title, img["size"] // bl.MiB, img["allocated"] / bl.MiB,
+           img["nonzero"] / bl.MiB))
+    r.out("loaded with nbdcopy into an empty device of its size, then read "
+          "back with nbdcopy to null:")
+    r.out("(both skip holes).  Memory: VmRSS after the load minus VmRSS of "
+          "the same server just")
+    r.out("before it (empty, after 4 connections read from it).  Unpinned; "
+          "median of %d round%s," % (n, "s" if n > 1 else ""))
+    r.out("order rotated each round%s." %
+          ("; every read-back compared with the image" if d.get("verified")
+           else ""))
+    r.out("%-16s %10s %7s %7s %7s %9s %9s %11s" %
+          ("server", "memory MiB", "/ data", "load s", "read s", "load MB/s",
+           "read MB/s", "srv CPUs"))
+    med = {}
+    ld = d["load"]
+    for key, label in COMPRESS_LABELS:
+        xs = ld.get(key, [])
+        if len(xs) < n:
+            r.incomplete.append("compress load " + key)
+        if not xs:
+            r.out("%-16s %10s" % (label, "missing"))
+            med[key] = {"mem": float("nan"), "load_s": float("nan"),
+                        "read_s": float("nan")}
+            continue
+        med[key] = {k: bl.median([x[k] for x in xs])
+                    for k in ("mem", "load_s", "read_s")}
+        m = med[key]
+        cpus = [bl.median([x[k + "_cpu_s"] / x[k + "_s"] for x in xs])
+                for k in ("load", "read")]
+        r.out("%-16s %10.1f %7.3f %7.2f %7.2f %9.0f %9.0f %5.2f/%.2f" %
+              (label, m["mem"] / bl.MiB, ratio(m["mem"], img["nonzero"]),
+               m["load_s"], m["read_s"],
+               ratio(img["nonzero"] / 1e6, m["load_s"]),
+               ratio(img["nonzero"] / 1e6, m["read_s"]), cpus[0], cpus[1]))
+    r.out("(/ data: memory / the image's non-zero 4 KiB pages; MB/s: those "
+          "pages' bytes / s;")
+    r.out("srv CPUs: the server's CPU time / wall time during the load / the "
+          "read-back)")
+    r.out("Per round (in run order of rounds):")
+    for key, label in COMPRESS_LABELS:
+        xs = ld.get(key, [])
+        if xs:
+            r.out("  %-16s memory MiB %s; load s %s; read s %s" %
+                  (label, per_round([x["mem"] / bl.MiB for x in xs], "%.0f"),
+                   per_round([x["load_s"] for x in xs]),
+                   per_round([x["read_s"] for x in xs])))
+    r.out("What nbdinfo --list says of the memblock device after the load "
+          "(last round):")
+    for key, label in COMPRESS_LABELS[:3]:
+        xs = ld.get(key, [])
+        if xs:
+            r.out("  %-16s %s" % (label, xs[-1].get("description")))
+    r.out()
+
+    def rat(a, b, k):
+        return ratio(med[a][k], med[b][k])
+
+    def rounds_rat(a, b, k):
+        xs = {x["round"]: x[k] for x in ld.get(b, [])}
+        return per_round([ratio(y[k], xs.get(y["round"]))
+                          for y in ld.get(a, [])])
+    r.out("Ratios of medians (and each round's own):  memory   load   read")
+    for a, b, label in (("memblock-zstd", "memory-zstd",
+                         "memblock zstd / memory zstd"),
+                        ("memblock-lz4", "memblock",
+                         "memblock lz4 / memblock"),
+                        ("memblock-zstd", "memblock",
+                         "memblock zstd / memblock"),
+                        ("memory-zstd", "memory",
+                         "memory zstd / memory sparse")):
+        r.out("  %-40s %6.2f %6.2f %6.2f" %
+              (label, rat(a, b, "mem"), rat(a, b, "load_s"),
+               rat(a, b, "read_s")))
+        r.out("  %-40s %s | %s | %s" %
+              ("", rounds_rat(a, b, "mem"), rounds_rat(a, b, "load_s"),
+               rounds_rat(a, b, "read_s")))
+    r.out()
+
+    f = d.get("fio") or {}
+    fm = {}
+    if f.get("rounds"):
+        rounds = f["rounds"]
+        r.out("fio 4 KiB random, iodepth 16 per connection, on the devices of "
+              "the last round above")
+        r.out("(holding the image: %.0f%% of the device is data), server CPU "
+              "%d, fio CPU %d, %.1f s per run," %
+              (100 * img["nonzero"] / img["size"], f["server_cpu"],
+               f["client_cpu"], f["runtime"]))
+        pct = f["write_buffers"]["buffer_compress_percentage"]
+        r.out("median of %d round%s, order rotated each round; writes: fio "
+              "--buffer_compress_percentage=%d" %
+              (rounds, "s" if rounds > 1 else "", pct))
+        r.out("--refill_buffers (each 512-byte piece %d%% zeroes, %d%% random; "
+              "fresh data per write)." % (pct, 100 - pct))
+        r.out("Devices change as fio writes: the faster servers take more "
+              "writes (see nbdinfo after).")
+        r.out("%-16s %-16s %9s %9s %10s %7s  %s" %
+              ("workload", "server", "MiB/s", "IOPS", "CPU s/GiB", "srv",
+               "MiB/s per round"))
+        for w in f["workloads"]:
+            for i, key in enumerate(f["servers"]):
+                xs = f["samples"].get(w, {}).get(key, [])
+                label = dict(COMPRESS_LABELS)[key]
+                if len(xs) < rounds:
+                    r.incomplete.append("compress fio %s %s" % (w, key))
+                if not xs:
+                    r.out("%-16s %-16s %9s" % (w if i == 0 else "", label,
+                                               "missing"))
+                    continue
+                mibs = [x["mibs"] for x in xs]
+                fm[(w, key)] = bl.median(mibs)
+                r.out("%-16s %-16s %9.1f %9.0f %10.3f %6.0f%%  %s" %
+                      (w if i == 0 else "", label, fm[(w, key)],
+                       bl.median([x["iops"] for x in xs]),
+                       bl.median([x["cpu_per_gib"] for x in xs]),
+                       100 * bl.median([x["cpu_s"] / x["wall_s"]
+                                        for x in xs]),
+                       per_round(mibs, "%.0f")))
+        r.out("Ratios of MiB/s medians:")
+        r.out("%-16s %14s %14s %14s %14s" %
+              ("workload", "zstd/mem-zstd", "lz4/mem-zstd", "zstd/none",
+               "lz4/none"))
+        for w in f["workloads"]:
+            def g(k):
+                return fm.get((w, k))
+            r.out("%-16s %14.2f %14.2f %14.2f %14.2f" %
+                  (w, ratio(g("memblock-zstd"), g("memory-zstd")),
+                   ratio(g("memblock-lz4"), g("memory-zstd")),
+                   ratio(g("memblock-zstd"), g("memblock")),
+                   ratio(g("memblock-lz4"), g("memblock"))))
+        after = f.get("description_after", {})
+        r.out("Server RSS MiB before / after the fio runs: " +
+              ", ".join("%s %.0f / %.0f" %
+                        (k, f["rss_before"][k] / bl.MiB,
+                         f["rss_after"].get(k, 0) / bl.MiB)
+                        for k in f["servers"]))
+        for k in f["servers"]:
+            if after.get(k):
+                r.out("  %-16s nbdinfo after: %s" % (dict(COMPRESS_LABELS)[k],
+                                                      after[k]))
+        r.out()
+    else:
+        r.out("fio on compressed devices: not run")
+        r.incomplete.append("compress fio")
+        r.out()
+
+    r.target("compress=zstd: memory / memory allocator=zstd's <= 1.1",
+             rat("memblock-zstd", "memory-zstd", "mem"), 1.1, False)
+    r.target("compress=zstd: load time / memory allocator=zstd's <= 0.5",
+             rat("memblock-zstd", "memory-zstd", "load_s"), 0.5, False)
+    r.target("compress=zstd: read-back time / memory allocator=zstd's <= 0.5",
+             rat("memblock-zstd", "memory-zstd", "read_s"), 0.5, False)
+    r.target("compress=lz4: memory / uncompressed memblock's <= 0.5",
+             rat("memblock-lz4", "memblock", "mem"), 0.5, False)
+    r.target("compress=lz4: load time / uncompressed memblock's <= 1.25",
+             rat("memblock-lz4", "memblock", "load_s"), 1.25, False)
+    r.target("compress=lz4: read-back time / uncompressed memblock's <= 1.25",
+             rat("memblock-lz4", "memblock", "read_s"), 1.25, False)
+
+
+def load_codec(path):
+    """({(op, bs, threads, codec): (GiB/s, CPUs, [per run])},
+    {codec: (data, held)}, data source) from store-bench -c -p output."""
+    res, held, data = {}, {}, None
+    try:
+        with open(path) as f:
+            for line in f:
+                p = line.split()
+                if len(p) == 7:
+                    res[(p[0], p[1], int(p[2]), p[3])] = (
+                        float(p[4]), float(p[5]),
+                        [float(x) for x in p[6].split(",")])
+                elif len(p) == 4 and p[0] == "held":
+                    held[p[1]] = (int(p[2]), int(p[3]))
+                elif p and p[0] == "data":
+                    data = line.split(None, 1)[1].strip()
+    except (OSError, ValueError):
+        return None
+    return res, held, data
+
+
+def store_codec_section(r, resdir):
+    got = load_codec(os.path.join(resdir, "store-codec.txt"))
+    codecs = ("none", "zstd", "lz4")
+    title = "In-process store, compressed"
+    if got is None or len(got[0]) != 24 or len(got[1]) != 3:
+        r.out(title + ": MISSING")
+        r.incomplete.append("store codec")
+        r.out()
+        return
+    d, held, data = got
+    src = ("text-like generated data" if data in (None, "text") else
+           "the non-zero 4 KiB pages of 1 MiB pieces spread over %s" %
+           os.path.basename(data))
+    r.out("%s (store_set_codec), GiB/s of data; one store per codec, "
+          "each filled with" % title)
+    r.out("%s; writes of" % src)
+    r.out("the same data.  4 KiB random, 1 MiB sequential; medians, runs "
+          "of the codecs interleaved.")
+    r.out("Held / data after the fill: " +
+          ", ".join("%s %.0f / %.0f MiB = %.3f" %
+                    (c, held[c][1] / bl.MiB, held[c][0] / bl.MiB,
+                     ratio(held[c][1], held[c][0])) for c in codecs))
+    r.out("%-6s %-3s %3s %8s %8s %8s %10s %9s  %s" %
+          ("op", "bs", "thr", "none", "zstd", "lz4", "zstd/none", "lz4/none",
+           "per run: none | zstd | lz4"))
+    for op in ("read", "write"):
+        for bs in ("4k", "1m"):
+            for t in (1, 2):
+                v = [d[(op, bs, t, c)] for c in codecs]
+                r.out("%-6s %-3s %3d %8.3f %8.3f %8.3f %10.3f %9.3f  %s" %
+                      (op, bs, t, v[0][0], v[1][0], v[2][0],
+                       ratio(v[1][0], v[0][0]), ratio(v[2][0], v[0][0]),
+                       " | ".join(per_round(x[2], "%.3f") for x in v)))
+    r.out()
+
+
+def store_fix_section(r, d):
+    title = ("Cost of the write/trim race fix: in-process store GiB/s, "
+             "before (2a0de16) and after")
+    if d is None:
+        r.out(title + ": MISSING")
+        r.incomplete.append("store-fix")
+        r.out()
+        return
+    if "skipped" in d:
+        r.out(title + ": skipped (%s)" % d["skipped"])
+        r.out()
+        return
+    figs, n = d["figures"], d["rounds"]
+    r.out(title)
+    r.out("(the working tree's store), store-bench %s, one run per round "
+          "and build," % " ".join(d["args"]))
+    r.out("builds alternating (and which goes first), median of %d rounds; "
+          "after/before: median" % n)
+    r.out("of the rounds' own ratios.  CPUs: CPU time / wall time the "
+          "2-thread runs got.")
+    r.out("%-6s %-3s %3s %8s %8s %12s %11s  %s" %
+          ("op", "bs", "thr", "before", "after", "after/before", "CPUs b/a",
+           "per round: before | after"))
+    for op in ("read", "write"):
+        for bs in ("4k", "1m"):
+            for t in (1, 2):
+                f = figs.get("%s %s %d" % (op, bs, t))
+                if f is None or len(f.get("before", [])) < n or \
+                        len(f.get("after", [])) < n:
+                    r.incomplete.append("store-fix %s %s %d" % (op, bs, t))
+                    r.out("%-6s %-3s %3d %8s" % (op, bs, t, "missing"))
+                    continue
+                b, a = f["before"], f["after"]
+                r.out("%-6s %-3s %3d %8.2f %8.2f %12.2f %5.2f/%.2f  %s | %s" %
+                      (op, bs, t, bl.median(b), bl.median(a),
+                       bl.median([ratio(y, x) for x, y in zip(b, a)]),
+                       bl.median(f["cpus_before"]), bl.median(f["cpus_after"]),
+                       per_round(b), per_round(a)))
+    r.out()
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -448,7 +730,10 @@ def main():
 
     sparse_section(r, load_json(os.path.join(args.dir, "sparse.json")))
     clone_section(r, load_json(os.path.join(args.dir, "clone.json")))
+    compress_section(r, load_json(os.path.join(args.dir, "compress.json")))
     store_section(r, args.dir)
+    store_codec_section(r, args.dir)
+    store_fix_section(r, load_json(os.path.join(args.dir, "store-fix.json")))
 
     r.out("Targets")
     width = max(len(t[0]) for t in r.targets) if r.targets else 10

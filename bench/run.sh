@@ -12,17 +12,27 @@
 #             qcow2 overlays on /dev/shm; set-up time, memory, memory per
 #             byte written, clone/golden reads, :file= load beside
 #             nbdcopy                                         (clone-bench.py)
-#   store     in-process store GiB/s beside memcpy and a global mutex
-#                                                              (store-bench.c)
+#   compress  the golden image loaded with nbdcopy into memblock,
+#             memblock compress=zstd and lz4, nbdkit memory allocator=zstd
+#             and sparse, and read back: memory held, load and read-back
+#             times; then fio 4 KiB random read/write on the loaded
+#             devices                                      (compress-bench.py)
+#   store     in-process store GiB/s beside memcpy and a global mutex;
+#             the store compressed (none/zstd/lz4) with the image's data;
+#             the store before the write/trim race fix (commit 2a0de16,
+#             built from git into $out/store-v1/) beside the current one,
+#             alternating rounds                (store-bench.c, store-fix.py)
 # then prints the tables, ratios and target verdicts (report.py) and
 # saves them to build/bench/results.txt (build/bench/smoke/ for --smoke).
 #
 # Usage: sh bench/run.sh [--smoke] [--strict]     (from any directory)
-#   --smoke    tiny rounds (about 30 s) that check every part runs
+#   --smoke    tiny rounds (about a minute) that check every part runs
 #   --strict   also exit 1 when a target is missed
 # Exits 1 if any part fails or leaves its table incomplete.
-# A full run takes about 16 minutes (the clone part about 2, plus 20 s
-# the first time to make its image, kept in $BENCH_OUT/clone/).  As root
+# A full run takes about 20 minutes on a busy 2-core machine (the clone
+# part about 2, plus 20 s the first time to make its image, kept in
+# $BENCH_OUT/clone/; compress and store-codec together about 3.5; the
+# before/after store comparison about 0.5).  As root
 # it runs at nice -10 so that other work on the machine disturbs it less
 # (BENCH_NICE=0 turns it off).
 # Environment: BENCH_ROUNDS, BENCH_RUNTIME (seconds per fio run),
@@ -54,21 +64,35 @@ out=${BENCH_OUT:-build/bench}
 $smoke && out=$out/smoke
 mkdir -p "$out"
 rm -f "$out"/fio.json "$out"/sparse.json "$out"/clone.json "$out"/store-*.txt \
-      "$out"/results.txt "$out"/*.log
+      "$out"/compress.json "$out"/store-fix.json "$out"/results.txt \
+      "$out"/*.log
 
 if $smoke; then
     fio_args="--size 64M --rounds 1 --runtime 0.2 --unpinned-workloads 4k-randread-1c"
     sparse_args="--rss-writes 2000 --extent-writes 200 --walk-writes 200 --rounds 1"
-    clone_args="--image-size 32M --data 14M --write 1M --read-runtime 0.2 --rounds 1 --load-rounds 1"
+    image_bytes=33554432                # 32 MiB
+    image_args="--image-size $image_bytes --data 14M"
+    clone_args="--write 1M --read-runtime 0.2 --rounds 1 --load-rounds 1"
+    compress_args="--rounds 1 --fio-rounds 1 --fio-runtime 0.2 --verify"
     store_args="-t 0.04 -r 1"
     store_ram=16
+    codec_args="-t 0.04 -r 1 -m 4"
+    fix_args="-t 0.04 -m 4" fix_rounds=2
 else
     fio_args="--size ${BENCH_SIZE:-1G} --rounds ${BENCH_ROUNDS:-7} --runtime ${BENCH_RUNTIME:-3}"
     sparse_args="--rounds 3"
+    image_bytes=2147483648              # 2 GiB
+    image_args="--image-size $image_bytes --data 1.3G"
     clone_args="--rounds 5 --read-runtime 6 --load-rounds 5"
+    compress_args="--rounds 3 --fio-rounds 3 --fio-runtime 2"
     store_args="-t 0.25 -r 5"
     store_ram=256
+    codec_args="-t 0.25 -r 3 -m 64"
+    fix_args="-t 0.25 -m 4" fix_rounds=7
 fi
+# The golden image clone-bench.py and compress-bench.py build and keep
+# (benchlib.golden_image); store-bench -c reads its data from it.
+image=$out/clone/golden-$image_bytes.img
 
 # Smoke runs may share the machine with test suites: no priority there.
 nice_n=0
@@ -118,11 +142,52 @@ part build-store-bench /dev/null \
 part store-ram "$out/store-ram.txt" \
     "$out/store-bench" $store_args -m "$store_ram"
 part store-cache "$out/store-cache.txt" "$out/store-bench" $store_args -m 4
+
+# The store before the write/trim race fix, when git has it.
+fix_commit=2a0de16
+fix_files="store.c store.h chunkdir.c chunkdir.h arena.c arena.h"
+fix_skip=""
+if ! command -v git >/dev/null 2>&1; then
+    fix_skip="git is not installed"
+elif ! git -C "$top" rev-parse --git-dir >/dev/null 2>&1; then
+    fix_skip="$top is not a git checkout"
+elif ! git -C "$top" cat-file -e "$fix_commit^{commit}" 2>/dev/null; then
+    fix_skip="commit $fix_commit is not in this repository"
+else
+    rm -rf "$out/store-v1"
+    mkdir -p "$out/store-v1"
+    for f in $fix_files; do
+        git -C "$top" show "$fix_commit:plugin/$f" >"$out/store-v1/$f" ||
+            { fix_skip="git show $fix_commit:plugin/$f failed"; break; }
+    done
+fi
+if [ -z "$fix_skip" ]; then
+    part build-store-bench-v1 /dev/null \
+        ${CC:-gcc} -std=gnu11 -Wall -Wextra -Werror -O2 -g -pthread \
+        -DSTORE_V1 -I"$out/store-v1" -o "$out/store-bench-v1" \
+        bench/store-bench.c "$out/store-v1/store.c" \
+        "$out/store-v1/chunkdir.c" "$out/store-v1/arena.c"
+    part store-fix /dev/null $PY bench/store-fix.py \
+        --before "$out/store-bench-v1" --after "$out/store-bench" \
+        --rounds "$fix_rounds" --out "$out/store-fix.json" -- $fix_args
+else
+    echo "bench: store-fix skipped: $fix_skip" >&2
+    $PY bench/store-fix.py --skip "$fix_skip" --out "$out/store-fix.json"
+fi
 part sparse /dev/null \
     $PY bench/sparse-bench.py $sparse_args --out "$out/sparse.json"
 part fio /dev/null $PY bench/fio-bench.py $fio_args --out "$out/fio.json"
 part clone /dev/null \
-    $PY bench/clone-bench.py $clone_args --out "$out/clone.json"
+    $PY bench/clone-bench.py $image_args $clone_args --out "$out/clone.json"
+part compress /dev/null \
+    $PY bench/compress-bench.py $image_args $compress_args \
+    --out "$out/compress.json"
+# The compressed store, filled with the image's data (text if the image
+# could not be made).
+codec_data=""
+[ -f "$image" ] && codec_data="-d $image"
+part store-codec "$out/store-codec.txt" \
+    "$out/store-bench" $codec_args -p -c none,zstd,lz4 $codec_data
 
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
 git diff --quiet HEAD -- plugin 2>/dev/null || rev="$rev with local changes"

@@ -15,12 +15,35 @@
  * the run got (process CPU time / wall time): on a shared machine, a
  * 2-thread run that got 1.3 CPUs cannot scale 2x.
  *
+ * Other modes (they skip memcpy, mutex and the zero writes):
+ *   -s       the store variant alone (read and write figures only), for
+ *            comparing two builds of the store (run.sh builds this file
+ *            against the store of an older commit too, with -DSTORE_V1:
+ *            then only the API both stores have is used);
+ *   -c LIST  a comma list of codecs (none, zstd, lz4): one store per
+ *            codec (store_set_codec), each filled with the same data, and
+ *            one variant per store, named after its codec.  A line
+ *            "held CODEC DATA_BYTES HELD_BYTES" per store gives what the
+ *            filled store holds (store_data, store_allocated), and a
+ *            line "data FILE" or "data text" what it was filled with.
+ *            Not in a -DSTORE_V1 build.
+ * The data written (the prefill and every write): by default a short
+ * repeating byte pattern; with -d FILE, the non-zero 4 KiB pages of 1 MiB
+ * pieces spread evenly over FILE's data extents (a disk image of real
+ * files: real data for the codecs); with -c and no -d, generated English-
+ * like text.  With either, 4 KiB writes take their 4 KiB from successive
+ * pages of the thread's 1 MiB buffer, and the stores are filled with
+ * distinct data (2 x -m MiB of it), not one MiB repeated.
+ * -p adds each run's GiB/s to every line, as a comma list.
+ *
  * Usage: store-bench [-t SECONDS] [-r RUNS] [-m MIB_PER_THREAD]
- * Output: one line per figure: "op bs threads variant gibps cpus".
+ *                    [-s | -c CODECS] [-d FILE] [-p]
+ * Output: one line per figure: "op bs threads variant gibps cpus [runs]".
  */
 
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -40,9 +63,19 @@
 #define CHUNK_SHIFT 24                  /* the plugin's default, 16 MiB */
 #define CHUNK ((uint64_t) 1 << CHUNK_SHIFT)
 #define ZRANGE (4 * CHUNK)              /* each zero-write range */
+#define PAGE 4096
+#define MAX_VARIANTS 3
+#define MAX_REPS 99
 
-enum variant { V_MEMCPY, V_STORE, V_MUTEX, NVARIANTS };
-static const char *variant_name[] = { "memcpy", "store", "mutex" };
+/* What a variant does, and the store it uses. */
+enum kind { K_MEMCPY, K_STORE, K_MUTEX };
+struct variant {
+  const char *name;
+  enum kind kind;
+  struct store *st;
+};
+static struct variant variants[MAX_VARIANTS];
+static int nvariants;
 
 enum op { OP_READ, OP_WRITE, OP_ZWRITE, OP_ZWRITE_CHUNK, NOPS };
 static const char *op_name[] = { "read", "write", "zwrite", "zwrite-chunk" };
@@ -52,7 +85,7 @@ static const char *op_name[] = { "read", "write", "zwrite", "zwrite-chunk" };
  * (each holds one written page, its last).  plain mirrors the threads'
  * ranges and has one ZRANGE for the memcpy of zeroes.
  */
-static struct store *store;
+static struct store *stores[MAX_VARIANTS];
 static unsigned char *plain;
 static unsigned char *zeroes;           /* BIG zero bytes */
 static uint64_t region;                 /* bytes per thread */
@@ -66,8 +99,9 @@ struct job {
   int id;
   enum op op;
   uint64_t bs;
-  enum variant v;
+  const struct variant *v;
   unsigned char *buf;                   /* BIG bytes, the thread's own */
+  bool rotate;                          /* 4 KiB writes walk buf's pages */
   uint64_t bytes;                       /* result */
 };
 
@@ -87,27 +121,32 @@ die (const char *what)
   exit (1);
 }
 
-/* One operation of the job's kind at offset off of its range. */
+/* One operation of the job's kind at offset off of its range; n is
+ * the number of operations done before.
+ */
 static inline void
-do_op (struct job *j, uint64_t base, uint64_t off)
+do_op (struct job *j, uint64_t base, uint64_t off, uint64_t n)
 {
   bool write = j->op != OP_READ;
+  unsigned char *buf = j->buf;
 
-  if (j->v == V_MEMCPY) {
+  if (write && j->rotate && j->bs < BIG)
+    buf += (n % (BIG / j->bs)) * j->bs;
+  if (j->v->kind == K_MEMCPY) {
     unsigned char *p = plain + (j->op >= OP_ZWRITE
                                 ? region * MAX_THREADS : base) + off;
     if (write)
-      memcpy (p, j->buf, j->bs);
+      memcpy (p, buf, j->bs);
     else
-      memcpy (j->buf, p, j->bs);
+      memcpy (buf, p, j->bs);
     return;
   }
-  if (j->v == V_MUTEX)
+  if (j->v->kind == K_MUTEX)
     pthread_mutex_lock (&global_lock);
-  if ((write ? store_write (store, j->buf, j->bs, base + off)
-       : store_read (store, j->buf, j->bs, base + off)) == -1)
+  if ((write ? store_write (j->v->st, buf, j->bs, base + off)
+       : store_read (j->v->st, buf, j->bs, base + off)) == -1)
     die ("store");
-  if (j->v == V_MUTEX)
+  if (j->v->kind == K_MUTEX)
     pthread_mutex_unlock (&global_lock);
 }
 
@@ -142,7 +181,7 @@ worker (void *arg)
       if (j->op == OP_ZWRITE_CHUNK && (pos & (CHUNK - 1)) == CHUNK - BIG)
         pos = pos + j->bs >= len ? 0 : pos + j->bs;
     }
-    do_op (j, base, off);
+    do_op (j, base, off, n);
     n++;
   }
   j->bytes = n * j->bs;
@@ -157,8 +196,8 @@ struct figure {
 
 /* Run one figure for secs seconds. */
 static struct figure
-run (int threads, enum op op, uint64_t bs, enum variant v, double secs,
-     unsigned char **bufs)
+run (int threads, enum op op, uint64_t bs, const struct variant *v,
+     double secs, unsigned char **bufs, bool rotate)
 {
   pthread_t tid[MAX_THREADS];
   struct job jobs[MAX_THREADS];
@@ -172,7 +211,8 @@ run (int threads, enum op op, uint64_t bs, enum variant v, double secs,
   pthread_barrier_init (&barrier, NULL, threads + 1);
   for (i = 0; i < threads; i++) {
     jobs[i] = (struct job) { .id = i, .op = op, .bs = bs, .v = v,
-                             .buf = op >= OP_ZWRITE ? zeroes : bufs[i] };
+                             .buf = op >= OP_ZWRITE ? zeroes : bufs[i],
+                             .rotate = rotate };
     if (pthread_create (&tid[i], NULL, worker, &jobs[i]) != 0)
       die ("pthread_create");
   }
@@ -207,45 +247,183 @@ median (double *x, int n)
   return n % 2 ? x[n / 2] : (x[n / 2 - 1] + x[n / 2]) / 2;
 }
 
-/* Print the medians of n figures (which it reorders). */
+static bool print_runs;                 /* -p */
+
+/* Print the medians of n figures, and with -p each run's GiB/s. */
 static void
-print (const char *op, const char *bs, int threads, enum variant v,
-       struct figure *f, int n)
+print (const char *op, const char *bs, int threads, const char *name,
+       const struct figure *f, int n)
 {
-  double g[99], c[99];
+  double g[MAX_REPS], c[MAX_REPS];
 
   for (int i = 0; i < n; i++)
     g[i] = f[i].gibps, c[i] = f[i].cpus;
-  printf ("%s %s %d %s %.3f %.2f\n", op, bs, threads, variant_name[v],
+  printf ("%s %s %d %s %.3f %.2f", op, bs, threads, name,
           median (g, n), median (c, n));
+  for (int i = 0; print_runs && i < n; i++)
+    printf ("%c%.3f", i ? ',' : ' ', f[i].gibps);
+  printf ("\n");
+}
+
+/* Data for the stores, used when -d or -c is given. */
+
+/* Fill pool (len bytes, a multiple of PAGE) with the non-zero 4 KiB
+ * pages of 1 MiB pieces spread evenly over the data extents of path;
+ * if they are too few, repeat them.
+ */
+static void
+pool_from_file (unsigned char *pool, uint64_t len, const char *path)
+{
+  static const unsigned char zero[PAGE];
+  int fd = open (path, O_RDONLY);
+  off_t size, off, start, end;
+  uint64_t data = 0, stride, next = 0, pos = 0, got = 0;
+  unsigned char *piece = malloc (BIG);
+
+  if (fd == -1 || piece == NULL)
+    die (path);
+  size = lseek (fd, 0, SEEK_END);
+  /* Pass 1: how much data there is. */
+  for (off = 0; off < size; off = end) {
+    start = lseek (fd, off, SEEK_DATA);
+    if (start == -1)
+      break;
+    end = lseek (fd, start, SEEK_HOLE);
+    data += end - start;
+  }
+  /* Pass 2: a piece every stride bytes of data. */
+  stride = data / BIG > len / BIG ? data / BIG / (len / BIG) * BIG : BIG;
+  for (off = 0; off < size && got < len; off = end) {
+    start = lseek (fd, off, SEEK_DATA);
+    if (start == -1)
+      break;
+    end = lseek (fd, start, SEEK_HOLE);
+    for (off_t p = start; p < end && got < len; p += BIG, pos += BIG) {
+      ssize_t r;
+
+      if (pos < next)
+        continue;
+      next += stride;
+      r = pread (fd, piece, end - p < (off_t) BIG ? (size_t) (end - p) : BIG,
+                 p);
+      if (r == -1)
+        die (path);
+      for (ssize_t k = 0; k + PAGE <= r && got < len; k += PAGE)
+        if (memcmp (piece + k, zero, PAGE) != 0) {
+          memcpy (pool + got, piece + k, PAGE);
+          got += PAGE;
+        }
+    }
+  }
+  close (fd);
+  free (piece);
+  if (got == 0) {
+    fprintf (stderr, "store-bench: %s: no data\n", path);
+    exit (1);
+  }
+  for (uint64_t k = got; k < len; k += PAGE)
+    memcpy (pool + k, pool + k % got, PAGE);
+}
+
+/* Fill pool with English-like text: words of a small vocabulary in a
+ * pseudo-random order, with punctuation and line breaks.
+ */
+static void
+pool_text (unsigned char *pool, uint64_t len)
+{
+  static const char *words[] = {
+    "the", "of", "and", "to", "a", "in", "is", "that", "for", "it", "as",
+    "with", "be", "on", "not", "this", "by", "are", "or", "from", "at",
+    "which", "but", "have", "an", "they", "more", "can", "device", "block",
+    "memory", "server", "write", "read", "data", "page", "file", "system",
+    "client", "request", "compressed", "export", "image", "size", "chunk",
+    "return", "error", "value", "function", "struct", "buffer", "offset",
+  };
+  const unsigned nwords = sizeof words / sizeof words[0];
+  uint64_t x = 0x2545f4914f6cdd1dULL, pos = 0, col = 0;
+
+  while (pos < len) {
+    const char *w;
+    size_t n;
+
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    w = words[x % nwords];
+    n = strlen (w);
+    for (size_t i = 0; i < n && pos < len; i++)
+      pool[pos++] = w[i];
+    col += n + 1;
+    if (pos < len)
+      pool[pos++] = (x >> 32) % 11 == 0 ? '.' : col > 70 ? '\n' : ' ';
+    if (col > 70)
+      col = 0;
+  }
+}
+
+/* The variants of each mode. */
+static void
+add_variant (const char *name, enum kind kind, struct store *st)
+{
+  variants[nvariants++] = (struct variant) { name, kind, st };
+}
+
+static struct store *
+new_store (void)
+{
+  struct store *st = store_create (zbase + 2 * ZRANGE, CHUNK_SHIFT, NULL);
+
+  if (st == NULL)
+    die ("store_create");
+  return st;
+}
+
+static void
+usage (const char *prog)
+{
+  fprintf (stderr, "usage: %s [-t SECONDS] [-r RUNS] [-m MIB] "
+           "[-s | -c CODECS] [-d FILE] [-p]\n", prog);
+  exit (2);
 }
 
 int
 main (int argc, char **argv)
 {
   double secs = 0.3;
-  int reps = 5, opt, i, ncpu = 0;
-  uint64_t mib = 256, plain_size, written;
-  unsigned char *bufs[MAX_THREADS];
+  int reps = 5, opt, i, ncpu = 0, nstores = 0;
+  uint64_t mib = 256, plain_size = 0, written;
+  unsigned char *bufs[MAX_THREADS], *pool = NULL;
   static const uint64_t sizes[] = { 4096, BIG };
   /* res[threads-1][op][size][variant][rep] */
-  static struct figure res[MAX_THREADS][NOPS][2][NVARIANTS][99];
+  static struct figure res[MAX_THREADS][NOPS][2][MAX_VARIANTS][MAX_REPS];
+  const char *codecs = NULL, *datafile = NULL;
+  bool store_only = false, full;
   cpu_set_t set;
 
-  while ((opt = getopt (argc, argv, "t:r:m:")) != -1) {
+  while ((opt = getopt (argc, argv, "t:r:m:sc:d:p")) != -1) {
     switch (opt) {
     case 't': secs = atof (optarg); break;
     case 'r': reps = atoi (optarg); break;
     case 'm': mib = strtoull (optarg, NULL, 10); break;
-    default:
-      fprintf (stderr, "usage: %s [-t SECONDS] [-r RUNS] [-m MIB]\n", argv[0]);
+    case 's': store_only = true; break;
+    case 'c':
+#ifdef STORE_V1
+      fprintf (stderr, "%s: -c: this store has no codecs\n", argv[0]);
       return 2;
+#else
+      codecs = optarg;
+      break;
+#endif
+    case 'd': datafile = optarg; break;
+    case 'p': print_runs = true; break;
+    default: usage (argv[0]);
     }
   }
-  if (reps < 1 || reps > 99 || mib < 1 || mib > (1 << 20) || secs <= 0) {
+  if (optind != argc || (store_only && codecs))
+    usage (argv[0]);
+  if (reps < 1 || reps > MAX_REPS || mib < 1 || mib > (1 << 20) || secs <= 0) {
     fprintf (stderr, "%s: bad arguments\n", argv[0]);
     return 2;
   }
+  full = !store_only && codecs == NULL;
 
   /* Threads go to the first CPUs we may use (the same one if only one). */
   if (sched_getaffinity (0, sizeof set, &set) == -1)
@@ -258,72 +436,140 @@ main (int argc, char **argv)
 
   region = mib << 20;
   zbase = (region * MAX_THREADS + CHUNK - 1) & ~(CHUNK - 1);
-  store = store_create (zbase + 2 * ZRANGE, CHUNK_SHIFT, NULL);
-  if (store == NULL)
-    die ("store_create");
-  plain_size = region * MAX_THREADS + ZRANGE;
-  plain = mmap (NULL, plain_size, PROT_READ | PROT_WRITE,
-                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (plain == MAP_FAILED)
-    die ("mmap");
-  madvise (plain, plain_size, MADV_NOHUGEPAGE);
+  if (codecs == NULL) {
+    stores[nstores++] = new_store ();
+    if (full)
+      add_variant ("memcpy", K_MEMCPY, NULL);
+    add_variant ("store", K_STORE, stores[0]);
+    if (full)
+      add_variant ("mutex", K_MUTEX, stores[0]);
+  }
+#ifndef STORE_V1
+  else {
+    char *list = strdup (codecs), *save = NULL;
+
+    if (list == NULL)
+      die ("strdup");
+    for (char *name = strtok_r (list, ",", &save); name != NULL;
+         name = strtok_r (NULL, ",", &save)) {
+      enum codec c;
+
+      if (codec_parse (name, &c) == -1 || nstores == MAX_VARIANTS) {
+        fprintf (stderr, "%s: -c %s: expected up to %d of none, zstd, "
+                 "lz4\n", argv[0], codecs, MAX_VARIANTS);
+        return 2;
+      }
+      stores[nstores] = new_store ();
+      if (store_set_codec (stores[nstores], c) == -1)
+        die ("store_set_codec");
+      add_variant (codec_name (c), K_STORE, stores[nstores]);
+      nstores++;
+    }
+    free (list);
+    if (nstores == 0)
+      usage (argv[0]);
+  }
+#endif
+  if (full) {
+    plain_size = region * MAX_THREADS + ZRANGE;
+    plain = mmap (NULL, plain_size, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (plain == MAP_FAILED)
+      die ("mmap");
+    madvise (plain, plain_size, MADV_NOHUGEPAGE);
+    memset (plain, 1, plain_size);
+  }
   zeroes = calloc (1, BIG);
   if (zeroes == NULL)
     die ("calloc");
+  if (datafile != NULL || codecs != NULL) {
+    pool = malloc (region * MAX_THREADS);
+    if (pool == NULL)
+      die ("malloc");
+    if (datafile != NULL)
+      pool_from_file (pool, region * MAX_THREADS, datafile);
+    else
+      pool_text (pool, region * MAX_THREADS);
+  }
   for (i = 0; i < MAX_THREADS; i++) {
     bufs[i] = aligned_alloc (4096, BIG);
     if (bufs[i] == NULL)
       die ("aligned_alloc");
-    for (uint64_t k = 0; k < BIG; k++)
-      bufs[i][k] = (unsigned char) (k * 7 + i * 13 + 1) | 1;
+    if (pool != NULL)
+      /* Each thread writes data from the other's range. */
+      memcpy (bufs[i], pool + ((i + 1) % MAX_THREADS) * region, BIG);
+    else
+      for (uint64_t k = 0; k < BIG; k++)
+        bufs[i][k] = (unsigned char) (k * 7 + i * 13 + 1) | 1;
   }
   /* Allocate every page of the threads' ranges, so that writes go to
-   * allocated chunks, and the last page of each zwrite-chunk chunk.
+   * allocated chunks, and (for the zero writes) the last page of each
+   * zwrite-chunk chunk.
    */
-  memset (plain, 1, plain_size);
-  for (uint64_t off = 0; off < region * MAX_THREADS; off += BIG)
-    if (store_write (store, bufs[0], BIG, off) == -1)
-      die ("store_write");
-  for (uint64_t c = zbase + ZRANGE; c < zbase + 2 * ZRANGE; c += CHUNK)
-    if (store_write (store, bufs[0], 4096, c + CHUNK - 4096) == -1)
-      die ("store_write");
-  written = store_allocated (store);
+  for (int k = 0; k < nstores; k++) {
+    for (uint64_t off = 0; off < region * MAX_THREADS; off += BIG)
+      if (store_write (stores[k], pool ? pool + off : bufs[0], BIG,
+                       off) == -1)
+        die ("store_write");
+    if (full)
+      for (uint64_t c = zbase + ZRANGE; c < zbase + 2 * ZRANGE; c += CHUNK)
+        if (store_write (stores[k], bufs[0], 4096, c + CHUNK - 4096) == -1)
+          die ("store_write");
+#ifndef STORE_V1
+    if (codecs != NULL)
+      printf ("held %s %llu %llu\n", variants[k].name,
+              (unsigned long long) store_data (stores[k]),
+              (unsigned long long) store_allocated (stores[k]));
+#endif
+  }
+  if (codecs != NULL)
+    printf ("data %s\n", datafile != NULL ? datafile : "text");
+  written = store_allocated (stores[0]);
 
   for (int r = 0; r < reps; r++) {
     for (int t = 1; t <= MAX_THREADS; t++)
       for (int o = OP_READ; o <= OP_WRITE; o++)
         for (int s = 0; s < 2; s++)
-          for (int v = 0; v < NVARIANTS; v++)
-            res[t - 1][o][s][v][r] = run (t, o, sizes[s], v, secs, bufs);
-    res[0][OP_ZWRITE][1][V_MEMCPY][r] =
-      run (1, OP_ZWRITE, BIG, V_MEMCPY, secs, bufs);
-    res[0][OP_ZWRITE][1][V_STORE][r] =
-      run (1, OP_ZWRITE, BIG, V_STORE, secs, bufs);
-    res[0][OP_ZWRITE_CHUNK][1][V_STORE][r] =
-      run (1, OP_ZWRITE_CHUNK, BIG, V_STORE, secs, bufs);
+          for (int v = 0; v < nvariants; v++)
+            res[t - 1][o][s][v][r] = run (t, o, sizes[s], &variants[v], secs,
+                                          bufs, pool != NULL);
+    if (!full)
+      continue;
+    /* variants: memcpy, store, mutex */
+    res[0][OP_ZWRITE][1][0][r] =
+      run (1, OP_ZWRITE, BIG, &variants[0], secs, bufs, false);
+    res[0][OP_ZWRITE][1][1][r] =
+      run (1, OP_ZWRITE, BIG, &variants[1], secs, bufs, false);
+    res[0][OP_ZWRITE_CHUNK][1][1][r] =
+      run (1, OP_ZWRITE_CHUNK, BIG, &variants[1], secs, bufs, false);
   }
 
   for (int o = OP_READ; o <= OP_WRITE; o++)
     for (int s = 0; s < 2; s++)
       for (int t = 1; t <= MAX_THREADS; t++)
-        for (int v = 0; v < NVARIANTS; v++)
-          print (op_name[o], s ? "1m" : "4k", t, v, res[t - 1][o][s][v],
-                 reps);
-  print ("zwrite", "1m", 1, V_MEMCPY, res[0][OP_ZWRITE][1][V_MEMCPY], reps);
-  print ("zwrite", "1m", 1, V_STORE, res[0][OP_ZWRITE][1][V_STORE], reps);
-  print ("zwrite-chunk", "1m", 1, V_STORE,
-         res[0][OP_ZWRITE_CHUNK][1][V_STORE], reps);
+        for (int v = 0; v < nvariants; v++)
+          print (op_name[o], s ? "1m" : "4k", t, variants[v].name,
+                 res[t - 1][o][s][v], reps);
+  if (full) {
+    print ("zwrite", "1m", 1, "memcpy", res[0][OP_ZWRITE][1][0], reps);
+    print ("zwrite", "1m", 1, "store", res[0][OP_ZWRITE][1][1], reps);
+    print ("zwrite-chunk", "1m", 1, "store", res[0][OP_ZWRITE_CHUNK][1][1],
+           reps);
 
-  /* Zeroes must have stayed holes: nothing more allocated. */
-  if (store_allocated (store) != written) {
-    fprintf (stderr, "store-bench: %llu bytes allocated, expected %llu\n",
-             (unsigned long long) store_allocated (store),
-             (unsigned long long) written);
-    return 1;
+    /* Zeroes must have stayed holes: nothing more allocated. */
+    if (store_allocated (stores[0]) != written) {
+      fprintf (stderr, "store-bench: %llu bytes allocated, expected %llu\n",
+               (unsigned long long) store_allocated (stores[0]),
+               (unsigned long long) written);
+      return 1;
+    }
   }
-  store_destroy (store);
-  munmap (plain, plain_size);
+  for (int k = 0; k < nstores; k++)
+    store_destroy (stores[k]);
+  if (plain != NULL)
+    munmap (plain, plain_size);
   free (zeroes);
+  free (pool);
   for (i = 0; i < MAX_THREADS; i++)
     free (bufs[i]);
   return 0;
