@@ -196,36 +196,45 @@ def wait_nbd(uri, proc=None, timeout=120):
 
 # ---------------------------------------------------------------- fio
 
-def fio_run(uri, opts, out, cpu=None, runtime=None):
-    """Run fio once (one job per opts' numjobs, each its own NBD
-    connection to uri); returns (bytes moved, MiB/s, IOPS)."""
-    cmd = ["fio", "--name=bench", "--ioengine=nbd", "--uri=" + uri,
-           "--group_reporting", "--output-format=json", "--output=" + out]
+def fio_exec(args, opts, out, cpu=None, runtime=None, timeout=300):
+    """Run fio once over NBD with job arguments args and options opts,
+    JSON to out; returns [(bytes moved, MiB/s, IOPS)] per job reported,
+    reads and writes together."""
+    cmd = ["fio", "--ioengine=nbd", "--output-format=json", "--output=" + out]
+    cmd += ["--%s=%s" % (k, v) for k, v in opts.items()]
     if runtime is not None:
         cmd += ["--time_based", "--runtime=%dms" % (runtime * 1000)]
-    cmd += ["--%s=%s" % (k, v) for k, v in opts.items()]
+    cmd += args
     if cpu is not None:
         cmd = ["taskset", "-c", str(cpu)] + cmd
     if os.path.exists(out):
         os.unlink(out)
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True, timeout=(runtime or 0) + 300)
+                       text=True, timeout=(runtime or 0) + timeout)
     if r.returncode != 0:
         raise RuntimeError("fio failed (%d): %s\n%s" %
                            (r.returncode, " ".join(cmd), r.stderr[-2000:]))
     with open(out) as f:
         data = json.load(f)
-    moved = bw = iops = 0
+    res = []
     for job in data["jobs"]:
         if job.get("error"):
             raise RuntimeError("fio job error %s: %s" % (job["error"], cmd))
-        for d in ("read", "write"):
-            moved += job[d]["io_bytes"]
-            bw += job[d]["bw_bytes"]
-            iops += job[d]["iops"]
+        moved, bw, iops = (sum(job[d][k] for d in ("read", "write"))
+                           for k in ("io_bytes", "bw_bytes", "iops"))
+        res.append((moved, bw / MiB, iops))
+    return res
+
+
+def fio_run(uri, opts, out, cpu=None, runtime=None):
+    """Run fio once (one job per opts' numjobs, each its own NBD
+    connection to uri); returns (bytes moved, MiB/s, IOPS)."""
+    [(moved, bw, iops)] = fio_exec(["--name=bench", "--uri=" + uri,
+                                    "--group_reporting"],
+                                   opts, out, cpu, runtime)
     if moved == 0:
-        raise RuntimeError("fio moved no data: %s" % " ".join(cmd))
-    return moved, bw / MiB, iops
+        raise RuntimeError("fio moved no data: %s %s" % (uri, opts))
+    return moved, bw, iops
 
 
 def child_cpu():

@@ -94,34 +94,14 @@ def fio(uris, opts, out, cpu=None, runtime=None):
     """Run fio once with one job (one NBD connection) per URI, all at the
     same time; returns [(bytes moved, MiB/s, IOPS)] per job.  fio's
     buffers hold random data (not refilled), so nothing compresses."""
-    cmd = ["fio", "--ioengine=nbd", "--output-format=json",
-           "--output=" + out]
-    cmd += ["--%s=%s" % (k, v) for k, v in opts.items()]
-    if runtime is not None:
-        cmd += ["--time_based", "--runtime=%dms" % (runtime * 1000)]
+    args = []
     for i, uri in enumerate(uris):
-        cmd += ["--name=j%d" % i, "--uri=" + uri, "--randseed=%d" % (1000 + i)]
-    if cpu is not None:
-        cmd = ["taskset", "-c", str(cpu)] + cmd
-    if os.path.exists(out):
-        os.unlink(out)
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True, timeout=(runtime or 0) + 600)
-    if r.returncode != 0:
-        raise RuntimeError("fio failed (%d): %s\n%s" %
-                           (r.returncode, " ".join(cmd), r.stderr[-2000:]))
-    with open(out) as f:
-        data = json.load(f)
-    res = []
-    for job in data["jobs"]:
-        if job.get("error"):
-            raise RuntimeError("fio job error %s: %s" % (job["error"], cmd))
-        res.append(tuple(sum(job[d][k] for d in ("read", "write"))
-                         for k in ("io_bytes", "bw_bytes", "iops")))
+        args += ["--name=j%d" % i, "--uri=" + uri, "--randseed=%d" % (1000 + i)]
+    res = bl.fio_exec(args, opts, out, cpu, runtime, timeout=600)
     if len(res) != len(uris):
         raise RuntimeError("fio reported %d jobs, not %d" %
                            (len(res), len(uris)))
-    return [(b, bw / bl.MiB, iops) for b, bw, iops in res]
+    return res
 
 
 def write_all(uris, nbytes, out):
