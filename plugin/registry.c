@@ -180,8 +180,18 @@ registry_remove (struct device *dev)
   free (dev);
 }
 
-/* Whether the source chain from c reaches a device being declared
- * again: print the cycle into buf if so.
+/* The declared device called name, or NULL. */
+static const struct connect *
+registry_declared (const char *name)
+{
+  for (size_t i = 0; i < config.ndevices; i++)
+    if (strcmp (config.devices[i].name, name) == 0)
+      return &config.devices[i];
+  return NULL;
+}
+
+/* Whether the source chain from c comes back to c: print the cycle
+ * into buf if so.
  */
 static bool
 registry_cycle (const struct connect *c, char *buf, size_t len)
@@ -190,13 +200,11 @@ registry_cycle (const struct connect *c, char *buf, size_t len)
   size_t o = 0, steps;
 
   for (steps = 0; steps <= config.ndevices; steps++) {
-    const struct connect *next = NULL;
+    const struct connect *next = at->from[0] ? registry_declared (at->from)
+                                             : NULL;
 
     o += snprintf (buf + o, o < len ? len - o : 0, "%s%s",
                    steps ? " -> " : "", at->name);
-    for (size_t i = 0; i < config.ndevices && at->from[0]; i++)
-      if (strcmp (config.devices[i].name, at->from) == 0)
-        next = &config.devices[i];
     if (next == NULL)
       return false;
     if (next == c) {
@@ -291,19 +299,29 @@ registry_init (void)
     if (left == before)
       break;
   }
+  /* What is left waits for a source never declared, or for a cycle:
+   * with every source declared, following sources through what is left
+   * must come round to one of them.
+   */
   for (i = 0; i < config.ndevices && left > 0; i++) {
     const struct connect *c = &config.devices[i];
 
-    if (made[i])
-      continue;
-    if (registry_cycle (c, cycle, sizeof cycle))
-      nbdkit_error ("name=%s: from=%s: clones cannot form a cycle (%s)",
-                    c->name, c->from, cycle);
-    else if (registry_find (c->from) == NULL)
+    if (!made[i] && registry_declared (c->from) == NULL) {
       nbdkit_error ("name=%s: from=%s: no such device (declare it with "
                     "name=%s:ro)", c->name, c->from, c->from);
-    free (made);
-    return -1;
+      free (made);
+      return -1;
+    }
+  }
+  for (i = 0; i < config.ndevices && left > 0; i++) {
+    const struct connect *c = &config.devices[i];
+
+    if (!made[i] && registry_cycle (c, cycle, sizeof cycle)) {
+      nbdkit_error ("name=%s: from=%s: clones cannot form a cycle (%s)",
+                    c->name, c->from, cycle);
+      free (made);
+      return -1;
+    }
   }
   memcpy (registry_devices, made, config.ndevices * sizeof *made);
   free (made);

@@ -142,6 +142,9 @@ bad "name=vm" 'from' "name=g:ro:file=$small" name=vm:from=g:from=g
 bad "name=a" 'cycle|loop|itself' name=a:ro:from=a
 bad "name=" 'cycle|loop' name=a:ro:from=b name=b:ro:from=a
 bad "name=" 'cycle|loop' name=a:ro:from=c name=b:ro:from=a name=c:ro:from=b
+# A clone declared first whose source hangs off a cycle: the cycle is
+# named, not a missing device.
+bad "a -> b -> a" 'cycle' name=c:ro:from=a name=a:ro:from=b name=b:ro:from=a
 
 # from= with file= (file= is last: it takes the rest).
 bad "name=vm" 'file' "name=g:ro:file=$small" "name=vm:from=g:file=$small"
