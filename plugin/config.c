@@ -162,6 +162,16 @@ config_set (const char *key, const char *value)
   return -1;
 }
 
+/* The first declared device with its own :compress= codec, or NULL. */
+static const struct connect *
+config_compressed_device (void)
+{
+  for (size_t i = 0; i < config.ndevices; i++)
+    if (config.devices[i].compress > CODEC_NONE)
+      return &config.devices[i];
+  return NULL;
+}
+
 /* With mlock=true, check that the kernel lets nbdkit lock all the data
  * it may hold: max-memory, or without a cap more than RLIMIT_MEMLOCK
  * (which only CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK allows).
@@ -171,18 +181,16 @@ config_set (const char *key, const char *value)
 static int
 config_check_mlock (void)
 {
+  const struct connect *z = config_compressed_device ();
   struct rlimit rl;
   uint64_t want;
   char have[32], need[32];
 
-  for (size_t i = 0; i < config.ndevices; i++) {
-    if (config.devices[i].compress > CODEC_NONE) {
-      nbdkit_error ("mlock=true: not with compressed devices (name=%s "
-                    "has :compress=%s): see LOCKED MEMORY in "
-                    "nbdkit-memblock(1)", config.devices[i].name,
-                    codec_name (config.devices[i].compress));
-      return -1;
-    }
+  if (z != NULL) {
+    nbdkit_error ("mlock=true: not with compressed devices (name=%s "
+                  "has :compress=%s): see LOCKED MEMORY in "
+                  "nbdkit-memblock(1)", z->name, codec_name (z->compress));
+    return -1;
   }
   if (config.compress != CODEC_NONE) {
     nbdkit_error ("mlock=true: not with compress=%s: see LOCKED MEMORY in "
@@ -223,16 +231,11 @@ config_complete (void)
                   config.max_devices, config.ndevices);
     return -1;
   }
-  if (config.chunk_shift < __builtin_ctzll (CODEC_UNIT)) {
-    bool compressed = config.compress != CODEC_NONE;
-
-    for (size_t i = 0; i < config.ndevices; i++)
-      compressed |= config.devices[i].compress > CODEC_NONE;
-    if (compressed) {
-      nbdkit_error ("chunk-size: compressed devices need chunks of at "
-                    "least %zuK", CODEC_UNIT / 1024);
-      return -1;
-    }
+  if (((uint64_t) 1 << config.chunk_shift) < CODEC_UNIT &&
+      (config.compress != CODEC_NONE || config_compressed_device ())) {
+    nbdkit_error ("chunk-size: compressed devices need chunks of at "
+                  "least %zuK", CODEC_UNIT / 1024);
+    return -1;
   }
   if (config.mlock && config_check_mlock () == -1)
     return -1;
