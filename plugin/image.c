@@ -30,7 +30,6 @@
 
 #define IMAGE_STRIPE ((uint64_t) 64 << 20)   /* a thread's share at a time */
 #define IMAGE_READ ((uint64_t) 8 << 20)       /* bytes per store_fill */
-#define IMAGE_PAGE ((uint64_t) 4096)
 #define IMAGE_MAX_THREADS 4
 
 /* Open path for reading as an image; its size in *size.  Returns the
@@ -139,10 +138,10 @@ image_copy (struct image_job *j, uint64_t from, uint64_t to)
     hole = lseek (j->fd, data, SEEK_HOLE);
     if (hole == -1)
       return -1;
-    hole = ((uint64_t) hole + IMAGE_PAGE - 1) & ~(IMAGE_PAGE - 1);
+    hole = ((uint64_t) hole + STORE_PAGE - 1) & ~(STORE_PAGE - 1);
     if ((uint64_t) hole > to)
       hole = to;
-    for (from = data & ~(IMAGE_PAGE - 1);
+    for (from = data & ~(STORE_PAGE - 1);
          from < (uint64_t) hole && !j->failed; ) {
       uint64_t n = (uint64_t) hole - from < IMAGE_READ ? hole - from
                                                        : IMAGE_READ;
@@ -184,11 +183,12 @@ image_elapsed (const struct timespec *start)
   return (now.tv_sec - start->tv_sec) + (now.tv_nsec - start->tv_nsec) / 1e9;
 }
 
-/* Fill store s from the image open on fd (closed here); 0, or -1 after
- * logging a line starting with what.
+/* Fill store s from the image of size bytes open on fd (closed here),
+ * as image_open gave them; 0, or -1 after logging a line starting with
+ * what.
  */
 int
-image_load (int fd, struct store *s, const char *what)
+image_load (int fd, uint64_t size, struct store *s, const char *what)
 {
   struct image_job j = { .fd = fd, .s = s };
   pthread_t threads[IMAGE_MAX_THREADS];
@@ -196,10 +196,9 @@ image_load (int fd, struct store *s, const char *what)
   struct timespec start;
   long cpus = sysconf (_SC_NPROCESSORS_ONLN);
   unsigned i, started = 0;
-  off_t end = lseek (fd, 0, SEEK_END);
 
   clock_gettime (CLOCK_MONOTONIC, &start);
-  j.size = end > 0 ? end : 0;
+  j.size = size;
   j.nthreads = cpus < 1 ? 1 : cpus > IMAGE_MAX_THREADS ? IMAGE_MAX_THREADS : cpus;
   if ((j.size + IMAGE_STRIPE - 1) / IMAGE_STRIPE < j.nthreads)
     j.nthreads = (j.size + IMAGE_STRIPE - 1) / IMAGE_STRIPE;

@@ -7,6 +7,7 @@
 #include "store.h"
 
 extern int image_open (const char *path, const char *what, uint64_t *size);
-extern int image_load (int fd, struct store *s, const char *what);
+extern int image_load (int fd, uint64_t size, struct store *s,
+                       const char *what);
 
 #endif /* MEMBLOCK_IMAGE_H */

@@ -225,6 +225,7 @@ registry_declare (const struct connect *c)
   char what[CONNECT_NAME_MAX + 16];
   struct device *src = NULL, *dev;
   uint64_t size = c->size == -1 ? config.size : (uint64_t) c->size;
+  uint64_t file_size = 0;
   int fd = -1;
 
   snprintf (what, sizeof what, "name=%s", c->name);
@@ -238,8 +239,6 @@ registry_declare (const struct connect *c)
     }
   }
   if (c->file) {
-    uint64_t file_size;
-
     if ((fd = image_open (c->file, what, &file_size)) == -1)
       return -1;
     if (c->size != -1 && file_size > size) {
@@ -258,7 +257,8 @@ registry_declare (const struct connect *c)
       close (fd);
     return -1;
   }
-  return fd == -1 || image_load (fd, dev->store, what) == 0 ? 1 : -1;
+  return fd == -1 || image_load (fd, file_size, dev->store, what) == 0
+         ? 1 : -1;
 }
 
 /* Create the declared devices (the .get_ready callback's work): sources
