@@ -512,6 +512,17 @@ store_page_span (uint64_t coff, uint64_t n, uint64_t *p, uint64_t *q)
   *q = (coff + n + STORE_PAGE - 1) >> STORE_PAGE_SHIFT;
 }
 
+/* The pages [*p, *q) of a chunk, widened to whole units, that bytes
+ * [coff, coff+n) touch.
+ */
+static void
+store_unit_span (uint64_t coff, uint64_t n, uint64_t *p, uint64_t *q)
+{
+  store_page_span (coff, n, p, q);
+  *p &= ~(uint64_t) (STORE_UNIT_PAGES - 1);
+  *q = (*q + STORE_UNIT_PAGES - 1) & ~(uint64_t) (STORE_UNIT_PAGES - 1);
+}
+
 /* Create the chunk at idx if it is missing; NULL with errno on failure. */
 static struct chunk *
 store_chunk_create (struct store *s, uint64_t idx)
@@ -839,11 +850,10 @@ store_write_lock (struct store *s, uint64_t count, uint64_t offset,
       chunks[idx - first] = chunkdir_get (&s->dir, idx);
     if ((c = chunks[idx - first]) == NULL)
       continue;
-    store_page_span (coff, n, &p, &q);
-    if (s->codec != CODEC_NONE) {         /* whole units (Z1) */
-      p &= ~(uint64_t) (STORE_UNIT_PAGES - 1);
-      q = (q + STORE_UNIT_PAGES - 1) & ~(uint64_t) (STORE_UNIT_PAGES - 1);
-    }
+    if (s->codec != CODEC_NONE)
+      store_unit_span (coff, n, &p, &q);         /* whole units (Z1) */
+    else
+      store_page_span (coff, n, &p, &q);
     if (lock)
       store_lock_pages (c, p, q);
     else
@@ -1207,17 +1217,6 @@ struct store_unit_edit {
   uint64_t data, hide;          /* bits of the unit's pages, at p0 % 64 */
   int64_t held;                 /* change in bytes held */
 };
-
-/* The pages [*p, *q) of a chunk, widened to whole units, that bytes
- * [coff, coff+n) touch.
- */
-static void
-store_unit_span (uint64_t coff, uint64_t n, uint64_t *p, uint64_t *q)
-{
-  store_page_span (coff, n, p, q);
-  *p &= ~(uint64_t) (STORE_UNIT_PAGES - 1);
-  *q = (*q + STORE_UNIT_PAGES - 1) & ~(uint64_t) (STORE_UNIT_PAGES - 1);
-}
 
 /* Rebuild locked unit u of chunk c (at base in the device) into e: bytes
  * [from, to) of the chunk that lie in the unit become src[from...] (or
