@@ -25,7 +25,9 @@ MANDIR  ?= $(PREFIX)/share/man
 # BUILD holds objects of one variant (plain, asan, tsan).
 BUILD ?= build/plain
 
-STORE_SRCS  := plugin/store.c plugin/chunkdir.c plugin/arena.c plugin/codec.c
+STORE_SRCS  := plugin/store.c plugin/pagelock.c plugin/acct.c plugin/clone.c \
+               plugin/raw.c plugin/units.c plugin/fill.c plugin/extents.c \
+               plugin/chunkdir.c plugin/arena.c plugin/codec.c
 PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c \
                plugin/registry.c $(STORE_SRCS)
 HEADERS     := $(wildcard plugin/*.h)
@@ -34,7 +36,7 @@ UNIT_TESTS  := test-store
 obj = $(patsubst plugin/%.c,$(BUILD)/%.o,$(1))
 
 .PHONY: all deps deps-check check run install uninstall clean bench fuzz \
-        unit shell-tests
+        unit shell-tests print-store-srcs
 
 all: memblock.so nbdkit-memblock.1
 
@@ -86,6 +88,10 @@ install: all
 uninstall:
 	rm -f $(DESTDIR)$(PLUGINDIR)/nbdkit-memblock-plugin.so \
 	      $(DESTDIR)$(MANDIR)/man1/nbdkit-memblock.1
+
+# The store's sources, for bench/run.sh.
+print-store-srcs:
+	@echo $(STORE_SRCS)
 
 clean:
 	rm -rf build memblock.so nbdkit-memblock.1
