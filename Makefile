@@ -26,7 +26,8 @@ MANDIR  ?= $(PREFIX)/share/man
 BUILD ?= build/plain
 
 STORE_SRCS  := plugin/store.c plugin/pagelock.c plugin/acct.c plugin/clone.c \
-               plugin/raw.c plugin/units.c plugin/fill.c plugin/extents.c \
+               plugin/raw.c plugin/units.c plugin/pool.c plugin/fill.c \
+               plugin/extents.c \
                plugin/chunkdir.c plugin/arena.c plugin/codec.c
 PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c \
                plugin/registry.c $(STORE_SRCS)

@@ -14,9 +14,25 @@
  *       difference before it changes anything; ENOSPC thus changes
  *       nothing.  Settling gives back what was reserved and not used;
  *       the counters move down only after the memory has gone.
+ *   I6  Chunks count too: creating one charges its header and bitmaps,
+ *       the backend's table and the directory nodes it needs, with
+ *       malloc's overhead (store_chunk_cost), to the limit and to
+ *       store_metadata.  A request that may create chunks reserves their
+ *       cost with its data, before anything changes (acct_prepay), so
+ *       ENOSPC still changes nothing; a chunk's cost stays counted until
+ *       the store is destroyed, as the chunk stays (I1).
+ *   I7  A load (store_fill) may reserve a whole piece before it knows
+ *       which of its pages hold data: such a reservation is speculative,
+ *       counted in limit->speculative while in flight and in
+ *       limit->settled once given back.  A write refused with ENOSPC
+ *       while one was in flight, or settled, since the write began, may
+ *       have lost to it rather than to the data, and is tried again
+ *       (acct_watch_retry); each retry follows a load's progress, so
+ *       a load whose data fits under the cap always succeeds.
  */
 
 #include <errno.h>
+#include <sched.h>
 
 #include "store-int.h"
 
@@ -44,6 +60,32 @@ acct_reserve (struct store *s, struct tally *t, uint64_t bytes)
   return 0;
 }
 
+/* Reserve bytes for chunks the request may create (I6); -1/ENOSPC. */
+int
+acct_prepay (struct store *s, struct tally *t, uint64_t bytes)
+{
+  if (acct_reserve (s, t, bytes) == -1)
+    return -1;
+  t->prepaid += bytes;
+  return 0;
+}
+
+/* Charge a new chunk's bytes to the request, from what it prepaid or
+ * else reserved now; -1/ENOSPC (nothing charged).
+ */
+int
+acct_meta (struct store *s, struct tally *t, uint64_t bytes)
+{
+  if (bytes <= t->prepaid)
+    t->prepaid -= bytes;
+  else if (acct_reserve (s, t, bytes - t->prepaid) == -1)
+    return -1;
+  else
+    t->prepaid = 0;
+  t->meta += bytes;
+  return 0;
+}
+
 /* Count raw pages newly set and cleared: each holds a page of memory. */
 void
 acct_pages (struct tally *t, uint64_t gained, uint64_t released)
@@ -59,6 +101,8 @@ acct_pages (struct tally *t, uint64_t gained, uint64_t released)
 void
 acct_settle (struct store *s, const struct tally *t)
 {
+  int64_t kept = t->held + (int64_t) t->meta;
+
   /* Overwrites change nothing: leave the shared counters' cache lines
    * alone, so that threads writing different places do not contend.
    */
@@ -68,8 +112,55 @@ acct_settle (struct store *s, const struct tally *t)
   if (t->held != 0)
     atomic_fetch_add_explicit (&s->held, (uint64_t) t->held,
                                memory_order_relaxed);
-  if (s->limit != NULL && (int64_t) t->reserved != t->held)
+  if (t->meta != 0)
+    atomic_fetch_add_explicit (&s->meta, t->meta, memory_order_relaxed);
+  if (s->limit != NULL && (int64_t) t->reserved != kept)
     atomic_fetch_sub_explicit (&s->limit->used,
-                               t->reserved - (uint64_t) t->held,
+                               t->reserved - (uint64_t) kept,
                                memory_order_relaxed);
+}
+
+/* Reserve bytes speculatively (I7); -1/ENOSPC. */
+int
+acct_speculate (struct store *s, struct tally *t, uint64_t bytes)
+{
+  if (acct_reserve (s, t, bytes) == -1)
+    return -1;
+  if (s->limit)
+    atomic_fetch_add (&s->limit->speculative, bytes);
+  return 0;
+}
+
+/* Settle a request that reserved speculatively, then say so (I7). */
+void
+acct_speculate_settle (struct store *s, const struct tally *t)
+{
+  acct_settle (s, t);
+  if (s->limit && t->reserved > 0) {
+    atomic_fetch_add (&s->limit->settled, 1);
+    atomic_fetch_sub (&s->limit->speculative, t->reserved);
+  }
+}
+
+/* Note the limit's speculative reservations before an attempt. */
+void
+acct_watch (const struct store *s, struct acct_watch *w)
+{
+  w->inflight = s->limit ? atomic_load (&s->limit->speculative) : 0;
+  w->settled = s->limit ? atomic_load (&s->limit->settled) : 0;
+}
+
+/* After an attempt refused with ENOSPC: whether a speculative
+ * reservation was in flight or settled since acct_watch (w), so that
+ * the attempt is worth making again; if so, yield first (I7).
+ */
+bool
+acct_watch_retry (const struct store *s, const struct acct_watch *w)
+{
+  if (s->limit == NULL ||
+      (w->inflight == 0 && atomic_load (&s->limit->speculative) == 0 &&
+       w->settled == atomic_load (&s->limit->settled)))
+    return false;
+  sched_yield ();
+  return true;
 }

@@ -79,6 +79,29 @@ chunkdir_set (struct chunkdir *d, uint64_t idx, void *leaf)
   return 0;
 }
 
+/* The interior nodes chunkdir_set (d, idx, ...) would allocate now,
+ * leaving out those it would also allocate for prev (an index counted
+ * already; UINT64_MAX for none).
+ */
+unsigned
+chunkdir_missing_nodes (const struct chunkdir *d, uint64_t idx, uint64_t prev)
+{
+  _Atomic (void *) *node = d->root;
+  unsigned level, missing = 0;
+
+  for (level = d->depth - 1; level > 0; level--) {
+    size_t i = (idx >> (level * CHUNKDIR_BITS)) & (FANOUT - 1);
+
+    if (node != NULL)
+      node = atomic_load_explicit (&node[i], memory_order_acquire);
+    /* The node for idx >> (level * CHUNKDIR_BITS), if missing. */
+    if (node == NULL &&
+        (idx >> (level * CHUNKDIR_BITS)) != (prev >> (level * CHUNKDIR_BITS)))
+      missing++;
+  }
+  return missing;
+}
+
 /* Search node (covering indexes from base) for a leaf in [idx, end). */
 static uint64_t
 chunkdir_next_node (_Atomic (void *) *node, unsigned level,

@@ -13,6 +13,7 @@
  * be serialised by the caller.
  */
 #define CHUNKDIR_BITS 9
+#define CHUNKDIR_NODE_BYTES (sizeof (void *) << CHUNKDIR_BITS)
 
 struct chunkdir {
   uint64_t nchunks;             /* valid indexes are [0, nchunks) */
@@ -25,6 +26,8 @@ extern void chunkdir_free (struct chunkdir *d,
                            void (*free_leaf) (void *leaf, void *opaque),
                            void *opaque);
 extern int chunkdir_set (struct chunkdir *d, uint64_t idx, void *leaf);
+extern unsigned chunkdir_missing_nodes (const struct chunkdir *d,
+                                        uint64_t idx, uint64_t prev);
 extern uint64_t chunkdir_next (const struct chunkdir *d,
                                uint64_t idx, uint64_t end);
 

@@ -112,6 +112,28 @@ clone_copy_up (struct store *s, unsigned char *page, uint64_t at,
   return !store_is_zero (page, len);
 }
 
+/* What the chunks a zero of [offset, offset+count) of clone s must
+ * create to hide its sources' chunks will cost (C3, I6).
+ */
+uint64_t
+clone_hide_cost (struct store *s, uint64_t count, uint64_t offset)
+{
+  uint64_t idx, last, prev = UINT64_MAX, cost = 0;
+
+  if (s->source == NULL || count == 0)
+    return 0;
+  last = (offset + count - 1) >> s->chunk_shift;
+  for (idx = offset >> s->chunk_shift; ; idx++) {
+    if ((idx = clone_next_chunk (s->source, idx, last + 1)) > last)
+      break;
+    if (chunkdir_get (&s->dir, idx) == NULL) {
+      cost += store_chunk_cost (s, idx, prev);
+      prev = idx;
+    }
+  }
+  return cost;
+}
+
 /* Bytes a zero of [offset, offset+count) of clone s may take (C3): a
  * page for each partial page at either end that still shows a source
  * that may hold data there.

@@ -1,7 +1,7 @@
 /* memblock: compressed units of a store (zstd, lz4, same-filled, raw).
  *
- * A unit of CODEC_UNIT bytes is packed into one malloc'd blob, the
- * smallest form that holds it:
+ * A unit of CODEC_UNIT bytes is packed into one blob, the smallest form
+ * that holds it:
  *
  *   same   every 8-byte word of the unit is the same (as in zram's "same
  *          pages"): the blob holds that word;
@@ -11,12 +11,14 @@
  *          eighth: data that does not compress is never grown.
  *
  * Compression contexts are per thread, made on first use and freed when
- * the thread exits: no lock, and no context is made per call.
+ * the thread exits: no lock, and no context is made per call.  A blob
+ * is packed into the thread's own buffer; the caller copies it where it
+ * keeps it (pool.c).
  */
 
 #include <errno.h>
-#include <malloc.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,8 +31,8 @@
 #define CODEC_ZSTD_LEVEL 1
 /* Compressed output larger than this is kept raw instead. */
 #define CODEC_MAX_PACKED (CODEC_UNIT - CODEC_UNIT / 8)
-/* What malloc adds to each allocation (its chunk header). */
-#define CODEC_MALLOC_OVERHEAD 8
+/* Room for compressed output: at least both codecs' bound for a unit. */
+#define CODEC_OUT (CODEC_UNIT + 1024)
 
 enum blob_kind { BLOB_SAME, BLOB_RAW, BLOB_ZSTD, BLOB_LZ4 };
 
@@ -40,12 +42,12 @@ struct blob {
   unsigned char data[];
 };
 
-/* One thread's contexts and scratch output. */
+/* One thread's contexts, and room for the blob it packed last. */
 struct codec_thread {
   ZSTD_CCtx *zc;
   ZSTD_DCtx *zd;
   void *lz4_state;
-  unsigned char out[CODEC_UNIT + 1024];   /* >= both codecs' bound */
+  uint32_t scratch[(sizeof (struct blob) + CODEC_OUT + 3) / 4];
 };
 
 static pthread_key_t codec_key;
@@ -122,49 +124,54 @@ codec_parse (const char *s, enum codec *c)
   return 0;
 }
 
-/* A new blob of kind holding len bytes from p; NULL with errno. */
-static void *
-codec_blob (enum blob_kind kind, const void *p, size_t len)
+/* Make the thread's blob one of kind holding len bytes (already in
+ * its data if p is NULL, else copied from p).
+ */
+static const void *
+codec_blob (struct codec_thread *t, enum blob_kind kind, const void *p,
+            size_t len)
 {
-  struct blob *b = malloc (sizeof *b + len);
+  struct blob *b = (struct blob *) t->scratch;
 
-  if (b == NULL)
-    return NULL;
   b->len = len;
   b->kind = kind;
-  memcpy (b->data, p, len);
+  if (p)
+    memcpy (b->data, p, len);
   return b;
 }
 
-/* Pack the CODEC_UNIT bytes at in with codec c (zstd or lz4); NULL
- * with errno on failure.
+/* Pack the CODEC_UNIT bytes at in with codec c (zstd or lz4) into this
+ * thread's blob, valid until its next codec_pack; NULL with errno on
+ * failure.
  */
-void *
+const void *
 codec_pack (enum codec c, const unsigned char *in)
 {
-  struct codec_thread *t;
+  struct codec_thread *t = codec_thread ();
+  unsigned char *out;
   uint64_t word;
   size_t n;
 
+  if (t == NULL)
+    return NULL;
+  out = ((struct blob *) t->scratch)->data;
   memcpy (&word, in, sizeof word);
   if (memcmp (in, in + sizeof word, CODEC_UNIT - sizeof word) == 0 &&
       memcmp (in, &word, sizeof word) == 0)
-    return codec_blob (BLOB_SAME, &word, sizeof word);
-  if ((t = codec_thread ()) == NULL)
-    return NULL;
+    return codec_blob (t, BLOB_SAME, &word, sizeof word);
   if (c == CODEC_ZSTD) {
-    n = ZSTD_compress2 (t->zc, t->out, sizeof t->out, in, CODEC_UNIT);
+    n = ZSTD_compress2 (t->zc, out, CODEC_OUT, in, CODEC_UNIT);
     if (!ZSTD_isError (n) && n <= CODEC_MAX_PACKED)
-      return codec_blob (BLOB_ZSTD, t->out, n);
+      return codec_blob (t, BLOB_ZSTD, NULL, n);
   }
   else {
     int r = LZ4_compress_fast_extState (t->lz4_state, (const char *) in,
-                                        (char *) t->out, CODEC_UNIT,
-                                        sizeof t->out, 1);
+                                        (char *) out, CODEC_UNIT,
+                                        CODEC_OUT, 1);
     if (r > 0 && (size_t) r <= CODEC_MAX_PACKED)
-      return codec_blob (BLOB_LZ4, t->out, r);
+      return codec_blob (t, BLOB_LZ4, NULL, r);
   }
-  return codec_blob (BLOB_RAW, in, CODEC_UNIT);
+  return codec_blob (t, BLOB_RAW, in, CODEC_UNIT);
 }
 
 /* Unpack blob into the CODEC_UNIT bytes at out; -1/EIO if it is corrupt. */
@@ -200,24 +207,16 @@ codec_unpack (const void *blob, unsigned char *out)
   return -1;
 }
 
-/* Bytes of memory blob holds, the allocator's own overhead included. */
+/* Bytes of blob. */
 size_t
-codec_held (const void *blob)
+codec_size (const void *blob)
 {
-  return malloc_usable_size ((void *) blob) + CODEC_MALLOC_OVERHEAD;
+  return offsetof (struct blob, data) + ((const struct blob *) blob)->len;
 }
 
-/* The most codec_held can return for one unit. */
+/* The most codec_size can return. */
 size_t
-codec_max_held (void)
+codec_max_size (void)
 {
-  /* malloc rounds a request up to 16 bytes past its header. */
-  return sizeof (struct blob) + CODEC_UNIT + 16 + CODEC_MALLOC_OVERHEAD;
-}
-
-/* Free a blob (NULL is fine). */
-void
-codec_free (void *blob)
-{
-  free (blob);
+  return offsetof (struct blob, data) + CODEC_UNIT;
 }

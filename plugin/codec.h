@@ -16,10 +16,9 @@ enum codec {
 
 extern const char *codec_name (enum codec c);
 extern int codec_parse (const char *s, enum codec *c);
-extern void *codec_pack (enum codec c, const unsigned char *in);
+extern const void *codec_pack (enum codec c, const unsigned char *in);
 extern int codec_unpack (const void *blob, unsigned char *out);
-extern size_t codec_held (const void *blob);
-extern size_t codec_max_held (void);
-extern void codec_free (void *blob);
+extern size_t codec_size (const void *blob);
+extern size_t codec_max_size (void);
 
 #endif /* MEMBLOCK_CODEC_H */

@@ -4,11 +4,14 @@
  * callback writes straight into the store's pages, a chunk piece at a
  * time, which saves a copy and faults the pages in at once; the piece's
  * pages are reserved whole first (I5) and what stays all zero is given
- * back.  Otherwise, or where the cap leaves no room for a whole piece,
- * the data goes through a buffer and store_write, which keeps every
- * rule of a write.
+ * back: that reservation is speculative (I7 in acct.c).  Otherwise, or
+ * where the cap leaves no room for a whole piece, the data goes through
+ * a buffer and store_write, which keeps every rule of a write; a write
+ * there that loses to another thread's speculative reservation is tried
+ * again.
  */
 
+#include <errno.h>
 #include <stdlib.h>
 
 #include "store-int.h"
@@ -25,19 +28,40 @@ static int
 fill_direct (struct store *s, uint64_t idx, uint64_t coff, uint64_t n,
              store_fill_fn fn, void *opaque)
 {
+  uint64_t pages = (n + STORE_PAGE - 1) >> STORE_PAGE_SHIFT;
+  uint64_t create = chunkdir_get (&s->dir, idx) == NULL
+                    ? store_chunk_cost (s, idx, UINT64_MAX) : 0;
   struct tally t = { 0 };
   struct chunk *c;
   int r;
 
-  if (acct_reserve (s, &t, ((n + STORE_PAGE - 1) >> STORE_PAGE_SHIFT)
-                           * STORE_PAGE) == -1)
+  if (acct_speculate (s, &t, pages * STORE_PAGE + create) == -1)
     return 0;
-  if ((c = store_chunk_create (s, idx)) == NULL)
+  t.prepaid = create;
+  if ((c = store_chunk_create (s, idx, &t)) == NULL)
     r = -1;
   else
     r = s->ops->fill (s, c, idx << s->chunk_shift, coff, n, fn, opaque, &t);
-  acct_settle (s, &t);
+  acct_speculate_settle (s, &t);
   return r == -1 ? -1 : 1;
+}
+
+/* store_write, tried again while it may have lost to a speculative
+ * reservation (I7).
+ */
+static int
+fill_write (struct store *s, const unsigned char *buf, uint64_t n,
+            uint64_t offset)
+{
+  struct acct_watch w;
+
+  for (;;) {
+    acct_watch (s, &w);
+    if (store_write (s, buf, n, offset) == 0)
+      return 0;
+    if (errno != ENOSPC || !acct_watch_retry (s, &w))
+      return -1;
+  }
 }
 
 /* Fill [offset, offset+len) through buf, in pieces of FILL_BOUNCE. */
@@ -49,7 +73,7 @@ fill_bounce (struct store *s, unsigned char *buf, uint64_t len,
     uint64_t n = MIN (FILL_BOUNCE, len - at);
 
     if (fn (opaque, buf, n, offset + at) == -1 ||
-        store_write (s, buf, n, offset + at) == -1)
+        fill_write (s, buf, n, offset + at) == -1)
       return -1;
   }
   return 0;

@@ -296,15 +296,19 @@ memblock_flush (void *handle, uint32_t flags)
   return 0;
 }
 
-/* Shared by .trim and .zero: both release whole pages and read as zero. */
+/* Shared by .trim and .zero: both release whole pages; fn is
+ * store_trim (advisory: partial pages stay, no memory needed) or
+ * store_zero (the range reads as zeroes).
+ */
 static int
 memblock_zero_range (struct handle *h, const char *op,
+                     int (*fn) (struct store *, uint64_t, uint64_t),
                      uint32_t count, uint64_t offset)
 {
   h->used = true;
   if (memblock_check_writable (h, op) == -1)
     return -1;
-  if (store_zero (h->dev->store, count, offset) == -1)
+  if (fn (h->dev->store, count, offset) == -1)
     return memblock_failed (h, op, count, offset);
   atomic_store (&memblock_cap_logged, false);
   return 0;
@@ -315,7 +319,7 @@ static int
 memblock_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   (void) flags;
-  return memblock_zero_range (handle, "trim", count, offset);
+  return memblock_zero_range (handle, "trim", store_trim, count, offset);
 }
 
 /* The .zero callback; never slow, so NBDKIT_FLAG_FAST_ZERO is honoured. */
@@ -323,7 +327,7 @@ static int
 memblock_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   (void) flags;
-  return memblock_zero_range (handle, "zero", count, offset);
+  return memblock_zero_range (handle, "zero", store_zero, count, offset);
 }
 
 /* State for memblock_add_extent. */

@@ -110,7 +110,7 @@ pagelock_req_lock (struct store *s, struct store_req *rq,
   return 0;
 }
 
-/* Unlock what pagelock_req_lock locked. */
+/* Unlock what pagelock_req_lock locked (store_req_free frees rq). */
 void
 pagelock_req_unlock (struct store *s, struct store_req *rq)
 {
@@ -123,6 +123,4 @@ pagelock_req_unlock (struct store *s, struct store_req *rq)
       pagelock_unlock (c, p, q);
     }
   }
-  if (rq->chunks != rq->stack)
-    free (rq->chunks);
 }

@@ -101,6 +101,29 @@ raw_chunk_init (struct store *s, struct chunk *c)
   return (c->data = arena_alloc (&s->arena)) == NULL ? -1 : 0;
 }
 
+/* chunk_bytes: nothing but address space (the header is store.c's). */
+static uint64_t
+raw_chunk_bytes (const struct store *s)
+{
+  (void) s;
+  return 0;
+}
+
+/* slot_bytes: the chunk's pages. */
+static uint64_t
+raw_slot_bytes (const struct store *s)
+{
+  return (uint64_t) 1 << s->chunk_shift;
+}
+
+/* tidy: nothing to do. */
+static void
+raw_tidy (struct store *s, const struct store_req *rq)
+{
+  (void) s;
+  (void) rq;
+}
+
 /* chunk_free: the slot is the arena's, freed with it. */
 static void
 raw_chunk_free (const struct store *s, struct chunk *c)
@@ -188,19 +211,29 @@ raw_release (struct store *s, struct chunk *c, uint64_t p, uint64_t q)
  * whose new content may not be all zero.  That is exact, but for a
  * partial write into a page still showing a source that may hold data
  * there, always counted (C3).  rq, if not NULL, holds the locked
- * chunks; else they are looked up.
+ * chunks; else they are looked up, and *create receives what the
+ * missing ones that must be made will cost (I6).
  */
 static uint64_t
 raw_count (struct store *s, const unsigned char *in, uint64_t count,
-           uint64_t offset, const struct store_req *rq)
+           uint64_t offset, const struct store_req *rq, uint64_t *create)
 {
-  uint64_t need = 0;
+  uint64_t need = 0, prev = UINT64_MAX;
 
   FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
     struct chunk *c = rq ? store_req_chunk (rq, idx)
                          : chunkdir_get (&s->dir, idx);
     uint64_t pos = coff, end = coff + n, base = idx << s->chunk_shift;
     bool source_data = clone_source_has_chunk (s, idx);
+
+    if (c == NULL && rq == NULL) {
+      uint64_t cost = store_grow_cost (s, idx, prev, in + done, n);
+
+      if (cost > 0) {
+        *create += cost;
+        prev = idx;
+      }
+    }
 
     while (pos < end) {
       uint64_t next = MIN ((pos | (STORE_PAGE - 1)) + 1, end);
@@ -224,9 +257,9 @@ raw_count (struct store *s, const unsigned char *in, uint64_t count,
 /* write_need: the pages the write would newly set, counted unlocked. */
 static uint64_t
 raw_write_need (struct store *s, const unsigned char *in,
-                uint64_t count, uint64_t offset)
+                uint64_t count, uint64_t offset, uint64_t *create)
 {
-  return raw_count (s, in, count, offset, NULL) * STORE_PAGE;
+  return raw_count (s, in, count, offset, NULL, create) * STORE_PAGE;
 }
 
 /* Copy the n bytes at in into locked chunk c (at base) at coff. */
@@ -270,10 +303,10 @@ static int
 raw_write (struct store *s, const struct store_req *rq,
            const unsigned char *in, struct tally *t)
 {
-  uint64_t exact = raw_count (s, in, rq->count, rq->offset, rq) * STORE_PAGE;
+  uint64_t exact = raw_count (s, in, rq->count, rq->offset, rq, NULL)
+                   * STORE_PAGE;
 
-  if (exact > t->reserved &&
-      acct_reserve (s, t, exact - t->reserved) == -1)
+  if (exact > rq->need && acct_reserve (s, t, exact - rq->need) == -1)
     return -1;
   FOR_EACH_CHUNK (s, rq->count, rq->offset, idx, coff, n, done) {
     struct chunk *c = store_req_chunk (rq, idx);
@@ -390,6 +423,9 @@ const struct store_ops raw_ops = {
   .name       = "raw",
   .chunk_init = raw_chunk_init,
   .chunk_free = raw_chunk_free,
+  .chunk_bytes = raw_chunk_bytes,
+  .slot_bytes = raw_slot_bytes,
+  .tidy       = raw_tidy,
   .span       = pagemap_span,
   .read       = raw_read,
   .write_need = raw_write_need,

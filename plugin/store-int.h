@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "arena.h"
@@ -27,9 +28,11 @@ enum store_class {
 /* One chunk of 2^chunk_shift bytes: its bitmaps, and its data as the
  * store's backend keeps it.
  */
+struct units_chunk;
+
 struct chunk {
   unsigned char *data;          /* raw.c: 2^chunk_shift bytes from the arena */
-  void **unit;                  /* units.c: a blob per unit, or NULL (Z1) */
+  struct units_chunk *units;    /* units.c: its blobs and their pool */
   _Atomic uint64_t *lock;       /* one bit per page: its lock (I2) */
   _Atomic uint64_t *hide;       /* clones: one bit per page (C1); else NULL */
   _Atomic uint64_t map[];       /* one bit per page: holds data (I2) */
@@ -38,15 +41,23 @@ struct chunk {
 /* What one request did, for acct_settle: every figure in bytes. */
 struct tally {
   uint64_t reserved;            /* reserved against the limit (I5) */
+  uint64_t prepaid;             /* part of it kept for chunks to create */
   uint64_t gained;              /* data: pages newly set */
   uint64_t released;            /* data: pages cleared */
   int64_t held;                 /* change in the memory the data holds */
+  uint64_t meta;                /* chunks created: their headers (I6) */
 };
+
+/* What malloc takes for an allocation of n bytes: its header, rounded
+ * up to 16 bytes (glibc), and never less than its smallest chunk.
+ */
+#define STORE_MALLOC_COST(n) MAX ((((uint64_t) (n)) + 8 + 15) & ~(uint64_t) 15, 32)
 
 /* The chunks of a request's pieces, found once when it locks them. */
 #define STORE_STACK_PIECES 16
 struct store_req {
   uint64_t count, offset, first;  /* the range; first: its first chunk */
+  uint64_t need;                /* what the write reserved for data first */
   struct chunk **chunks;        /* per piece; NULL where missing */
   struct chunk *stack[STORE_STACK_PIECES];
 };
@@ -62,14 +73,20 @@ struct store_ops {
   int (*chunk_init) (struct store *s, struct chunk *c);
   /* Free what chunk_init and the data path gave c (not c itself). */
   void (*chunk_free) (const struct store *s, struct chunk *c);
+  /* The memory chunk_init allocates for a chunk (I6). */
+  uint64_t (*chunk_bytes) (const struct store *s);
+  /* The address space a chunk takes from the store's arena. */
+  uint64_t (*slot_bytes) (const struct store *s);
   /* The pages [*p, *q) a change to bytes [coff, coff+n) must lock. */
   void (*span) (uint64_t coff, uint64_t n, uint64_t *p, uint64_t *q);
   /* Read a piece of present chunk c into out; 0 or -1 with errno. */
   int (*read) (struct store *s, struct chunk *c, uint64_t base,
                unsigned char *out, uint64_t coff, uint64_t n);
-  /* Bytes a write must reserve before it creates or locks anything. */
+  /* Bytes a write must reserve for its data before it creates or locks
+   * anything; *create receives what the chunks it creates will cost.
+   */
   uint64_t (*write_need) (struct store *s, const unsigned char *in,
-                          uint64_t count, uint64_t offset);
+                          uint64_t count, uint64_t offset, uint64_t *create);
   /* Write the request, whose pages are locked; 0 or -1 (ENOSPC
    * changes nothing).
    */
@@ -80,6 +97,10 @@ struct store_ops {
   /* Zero a piece of present chunk c, locking it; 0 or -1 with errno. */
   int (*zero) (struct store *s, struct chunk *c, uint64_t base,
                uint64_t coff, uint64_t n, struct tally *t);
+  /* After a write's locks are gone: tidy its chunks (pool.c), keeping
+   * errno.
+   */
+  void (*tidy) (struct store *s, const struct store_req *rq);
   /* Fill a piece of c in place (fill.c), or NULL if it cannot. */
   int (*fill) (struct store *s, struct chunk *c, uint64_t base,
                uint64_t coff, uint64_t n, store_fill_fn fn, void *opaque,
@@ -103,6 +124,7 @@ struct store {
   struct arena arena;
   _Atomic uint64_t data;        /* bytes of pages set over all chunks */
   _Atomic uint64_t held;        /* bytes of memory they hold */
+  _Atomic uint64_t meta;        /* bytes of chunk headers and tables (I6) */
   _Atomic uint64_t chunks;      /* chunks created */
   struct store_limit *limit;    /* may be NULL */
 };
@@ -125,6 +147,14 @@ static inline struct chunk *
 store_req_chunk (const struct store_req *rq, uint64_t idx)
 {
   return rq->chunks[idx - rq->first];
+}
+
+/* Free what pagelock_req_lock allocated for rq. */
+static inline void
+store_req_free (struct store_req *rq)
+{
+  if (rq->chunks != rq->stack)
+    free (rq->chunks);
 }
 
 /* Bytes of the page at device offset at (page-aligned) that lie inside
@@ -176,9 +206,13 @@ store_page_edit (unsigned char *page, uint64_t from, uint64_t to,
 /* store.c */
 extern int store_check_range (const struct store *s, uint64_t count,
                               uint64_t offset);
-extern struct chunk *store_chunk_create (struct store *s, uint64_t idx);
-extern int store_grow (struct store *s, const unsigned char *in,
-                       uint64_t count, uint64_t offset);
+extern uint64_t store_chunk_cost (const struct store *s, uint64_t idx,
+                                  uint64_t prev);
+extern uint64_t store_grow_cost (const struct store *s, uint64_t idx,
+                                 uint64_t prev, const unsigned char *in,
+                                 uint64_t n);
+extern struct chunk *store_chunk_create (struct store *s, uint64_t idx,
+                                         struct tally *t);
 
 /* pagelock.c */
 extern void pagelock_lock (struct chunk *c, uint64_t p, uint64_t q);
@@ -187,10 +221,22 @@ extern int pagelock_req_lock (struct store *s, struct store_req *rq,
                               uint64_t count, uint64_t offset);
 extern void pagelock_req_unlock (struct store *s, struct store_req *rq);
 
+/* acct.c: a look at the limit's speculative reservations (I7). */
+struct acct_watch {
+  uint64_t inflight, settled;
+};
+
 /* acct.c */
 extern int acct_reserve (struct store *s, struct tally *t, uint64_t bytes);
+extern int acct_prepay (struct store *s, struct tally *t, uint64_t bytes);
+extern int acct_meta (struct store *s, struct tally *t, uint64_t bytes);
 extern void acct_pages (struct tally *t, uint64_t gained, uint64_t released);
 extern void acct_settle (struct store *s, const struct tally *t);
+extern int acct_speculate (struct store *s, struct tally *t, uint64_t bytes);
+extern void acct_speculate_settle (struct store *s, const struct tally *t);
+extern void acct_watch (const struct store *s, struct acct_watch *w);
+extern bool acct_watch_retry (const struct store *s,
+                              const struct acct_watch *w);
 
 /* clone.c */
 extern bool clone_source_has_chunk (const struct store *s, uint64_t idx);
@@ -202,6 +248,8 @@ extern bool clone_copy_up (struct store *s, unsigned char *page, uint64_t at,
                            uint64_t from, uint64_t to,
                            const unsigned char *src);
 extern uint64_t clone_zero_need (struct store *s, uint64_t count,
+                                 uint64_t offset);
+extern uint64_t clone_hide_cost (struct store *s, uint64_t count,
                                  uint64_t offset);
 extern void clone_read_runs (struct store *s, struct chunk *c, uint64_t base,
                              const unsigned char *data, unsigned char *out,

@@ -27,6 +27,7 @@
  *   I3  a raw reader against a release                  raw.c
  *   I4  a release run spanning clear pages              raw.c
  *   I5  the counters and the cap under ENOSPC           acct.c
+ *   I6  chunk headers count against the cap too         acct.c
  *   C1-C3  clones: classes, orderings, reservations     clone.c
  *   Z1-Z2  compressed units: blobs, reservations        units.c
  *   M1  locked memory follows data pages                raw.c
@@ -73,7 +74,7 @@ store_create (uint64_t size, unsigned chunk_shift, struct store_limit *limit)
     free (s);
     return NULL;
   }
-  arena_init (&s->arena, (size_t) 1 << chunk_shift, nchunks);
+  arena_init (&s->arena, s->ops->slot_bytes (s), nchunks);
   pthread_mutex_init (&s->grow_lock, NULL);
   return s;
 }
@@ -106,7 +107,8 @@ store_destroy (struct store *s)
   if (s == NULL)
     return;
   if (s->limit)
-    atomic_fetch_sub (&s->limit->used, atomic_load (&s->held));
+    atomic_fetch_sub (&s->limit->used,
+                      atomic_load (&s->held) + atomic_load (&s->meta));
   chunkdir_free (&s->dir, store_free_chunk, s);
   arena_free (&s->arena);
   pthread_mutex_destroy (&s->grow_lock);
@@ -136,6 +138,15 @@ store_data (const struct store *s)
   return atomic_load_explicit (&s->data, memory_order_relaxed);
 }
 
+/* Bytes the store's chunks take beside their data: headers, bitmaps,
+ * tables and directory nodes (I6).
+ */
+uint64_t
+store_metadata (const struct store *s)
+{
+  return atomic_load_explicit (&s->meta, memory_order_relaxed);
+}
+
 /* Keep the store's data compressed with codec c, choosing the backend:
  * only before the first write, and with chunks of at least a unit.
  * -1/EINVAL otherwise.
@@ -150,6 +161,7 @@ store_set_codec (struct store *s, enum codec c)
   }
   s->codec = c;
   s->ops = c == CODEC_NONE ? &raw_ops : &units_ops;
+  arena_init (&s->arena, s->ops->slot_bytes (s), s->dir.nchunks);
   return 0;
 }
 
@@ -178,24 +190,66 @@ store_check_range (const struct store *s, uint64_t count, uint64_t offset)
   return 0;
 }
 
-/* The chunk at idx, created if it is missing (I1); NULL with errno on
- * failure.
+/* Bytes of a chunk's header and bitmaps. */
+static size_t
+store_header_bytes (const struct store *s)
+{
+  return sizeof (struct chunk)
+         + (s->source ? 3 : 2) * s->map_words * sizeof (uint64_t);
+}
+
+/* What creating the chunk at idx costs now (I6): its header and
+ * bitmaps, the backend's table, the directory nodes it needs but for
+ * those the chunk at prev (counted before; UINT64_MAX for none) needs
+ * too.  Nodes are never freed, so the cost only falls as other chunks
+ * are created.
+ */
+uint64_t
+store_chunk_cost (const struct store *s, uint64_t idx, uint64_t prev)
+{
+  return STORE_MALLOC_COST (store_header_bytes (s)) + s->ops->chunk_bytes (s)
+         + chunkdir_missing_nodes (&s->dir, idx, prev)
+           * STORE_MALLOC_COST (CHUNKDIR_NODE_BYTES);
+}
+
+/* What store_grow will spend on the chunk at idx for a write of the n
+ * bytes at in there (prev as for store_chunk_cost): nothing unless it is
+ * missing and must be made (non-zero data, or a source that may show
+ * through).
+ */
+uint64_t
+store_grow_cost (const struct store *s, uint64_t idx, uint64_t prev,
+                 const unsigned char *in, uint64_t n)
+{
+  if (chunkdir_get (&s->dir, idx) != NULL ||
+      (store_is_zero (in, n) && !clone_source_has_chunk (s, idx)))
+    return 0;
+  return store_chunk_cost (s, idx, prev);
+}
+
+/* The chunk at idx, created if it is missing (I1) and charged to t
+ * (I6); NULL with errno (ENOSPC at the cap) on failure.
  */
 struct chunk *
-store_chunk_create (struct store *s, uint64_t idx)
+store_chunk_create (struct store *s, uint64_t idx, struct tally *t)
 {
-  size_t bitmaps = s->source ? 3 : 2;
   struct chunk *c = chunkdir_get (&s->dir, idx);
+  uint64_t cost;
   int err = 0;
 
   if (c != NULL)
     return c;
   pthread_mutex_lock (&s->grow_lock);
   c = chunkdir_get (&s->dir, idx);
-  if (c == NULL) {
-    c = calloc (1, sizeof *c + bitmaps * s->map_words * sizeof (uint64_t));
-    if (c == NULL)
+  if (c == NULL &&
+      acct_meta (s, t, cost = store_chunk_cost (s, idx, UINT64_MAX)) == -1)
+    err = errno;
+  else if (c == NULL) {
+    c = calloc (1, store_header_bytes (s));
+    if (c == NULL) {
       err = errno;
+      t->meta -= cost;
+    }
     else {
       c->lock = c->map + s->map_words;
       if (s->source)
@@ -204,6 +258,7 @@ store_chunk_create (struct store *s, uint64_t idx)
           chunkdir_set (&s->dir, idx, c) == -1) {
         /* An arena slot lost here is untouched address space. */
         err = errno;
+        t->meta -= cost;
         s->ops->chunk_free (s, c);
         free (c);
         c = NULL;
@@ -217,18 +272,16 @@ store_chunk_create (struct store *s, uint64_t idx)
   return c;
 }
 
-/* Create the missing chunks a write will change: those that get
- * non-zero data and, in a clone, those where a source may show through.
- * -1 with errno if one cannot be created.
+/* Create the missing chunks a write will change (see store_grow_cost),
+ * from what it prepaid; -1 with errno if one cannot be created.
  */
-int
+static int
 store_grow (struct store *s, const unsigned char *in,
-            uint64_t count, uint64_t offset)
+            uint64_t count, uint64_t offset, struct tally *t)
 {
   FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
-    if (chunkdir_get (&s->dir, idx) == NULL &&
-        (!store_is_zero (in + done, n) || clone_source_has_chunk (s, idx)) &&
-        store_chunk_create (s, idx) == NULL)
+    if (store_grow_cost (s, idx, UINT64_MAX, in + done, n) > 0 &&
+        store_chunk_create (s, idx, t) == NULL)
       return -1;
   }
   return 0;
@@ -263,6 +316,7 @@ store_write (struct store *s, const void *buf, uint64_t count, uint64_t offset)
   const unsigned char *in = buf;
   struct tally t = { 0 };
   struct store_req rq;
+  uint64_t create = 0;
   int r = -1;
 
   if (store_check_range (s, count, offset) == -1)
@@ -270,34 +324,45 @@ store_write (struct store *s, const void *buf, uint64_t count, uint64_t offset)
   if (count == 0)
     return 0;
   /* Reserve first, so that a refused write leaves no trace, not even an
-   * empty chunk; then create chunks; only then lock and write (I5).
+   * empty chunk; then create chunks; only then lock and write (I5, I6).
    */
-  if (acct_reserve (s, &t, s->ops->write_need (s, in, count, offset)) == -1)
+  rq.need = s->ops->write_need (s, in, count, offset, &create);
+  if (acct_reserve (s, &t, rq.need) == -1)
     return -1;
-  if (store_grow (s, in, count, offset) == 0 &&
+  if ((create == 0 || (acct_prepay (s, &t, create) == 0 &&
+                       store_grow (s, in, count, offset, &t) == 0)) &&
       pagelock_req_lock (s, &rq, count, offset) == 0) {
     r = s->ops->write (s, &rq, in, &t);
     pagelock_req_unlock (s, &rq);
+    s->ops->tidy (s, &rq);      /* keeps errno */
+    store_req_free (&rq);
   }
   acct_settle (s, &t);
   return r;
 }
 
-/* Make [offset, offset+count) read as zeroes, releasing whole pages.
- * Only a clone or a compressed store can need memory for it, and fail
- * with ENOSPC (changing nothing) or ENOMEM.
+/* Zero [offset, offset+count) (in range), creating the chunks a clone
+ * needs to hide its source's; with advisory (a trim), chunks the cap
+ * leaves no room for are skipped instead.
  */
-int
-store_zero (struct store *s, uint64_t count, uint64_t offset)
+static int
+store_zero_range (struct store *s, uint64_t count, uint64_t offset,
+                  bool advisory)
 {
   uint64_t pos = offset, end = offset + count;
   struct tally t = { 0 };
+  bool create = true;
   int r = 0;
 
-  if (store_check_range (s, count, offset) == -1)
-    return -1;
   if (acct_reserve (s, &t, s->ops->zero_need (s, count, offset)) == -1)
     return -1;
+  if (acct_prepay (s, &t, clone_hide_cost (s, count, offset)) == -1) {
+    if (!advisory) {
+      acct_settle (s, &t);
+      return -1;
+    }
+    create = false;
+  }
   while (pos < end && r == 0) {
     uint64_t idx = pos >> s->chunk_shift;
     uint64_t last = (end - 1) >> s->chunk_shift;
@@ -310,12 +375,43 @@ store_zero (struct store *s, uint64_t count, uint64_t offset)
       pos = next > last ? end : next << s->chunk_shift;
       continue;
     }
-    if ((c = store_chunk_create (s, idx)) == NULL)
-      r = -1;
-    else
+    if ((c = chunkdir_get (&s->dir, idx)) != NULL ||
+        (create && (c = store_chunk_create (s, idx, &t)) != NULL))
       r = s->ops->zero (s, c, idx << s->chunk_shift, coff, n, &t);
+    else if (create)
+      r = -1;
     pos += n;
   }
   acct_settle (s, &t);
   return r;
+}
+
+/* Make [offset, offset+count) read as zeroes, releasing whole pages.
+ * Only a clone or a compressed store can need memory for it, and fail
+ * with ENOSPC (changing nothing) or ENOMEM.
+ */
+int
+store_zero (struct store *s, uint64_t count, uint64_t offset)
+{
+  if (store_check_range (s, count, offset) == -1)
+    return -1;
+  return store_zero_range (s, count, offset, false);
+}
+
+/* Trim [offset, offset+count): give back its whole pages (the device's
+ * last partial page counts as whole) and leave the partial pages at its
+ * ends as they are.  A trim is advisory, so it needs no memory and works
+ * at the cap: in a clone, a chunk the cap leaves no room to hide the
+ * source with keeps showing it.  0, or -1 with errno (EINVAL, ENOMEM).
+ */
+int
+store_trim (struct store *s, uint64_t count, uint64_t offset)
+{
+  uint64_t a, b;
+
+  if (store_check_range (s, count, offset) == -1)
+    return -1;
+  a = (offset + STORE_PAGE - 1) & ~(STORE_PAGE - 1);
+  b = offset + count == s->size ? s->size : store_whole_end (s, offset + count);
+  return a < b ? store_zero_range (s, b - a, a, true) : 0;
 }

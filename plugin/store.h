@@ -19,8 +19,10 @@
 
 /* A memory cap shared by any number of stores. */
 struct store_limit {
-  _Atomic uint64_t used;        /* bytes of pages held by all its stores */
+  _Atomic uint64_t used;        /* bytes held by all its stores */
   uint64_t max;                 /* cap on used; UINT64_MAX means none */
+  _Atomic uint64_t speculative; /* part of used that loads reserved whole */
+  _Atomic uint64_t settled;     /* speculative reservations settled so far */
 };
 
 /* Fill callback: write len bytes of the data at offset into buf; 0, or
@@ -43,6 +45,7 @@ extern void store_destroy (struct store *s);
 extern uint64_t store_size (const struct store *s);
 extern uint64_t store_allocated (const struct store *s);
 extern uint64_t store_data (const struct store *s);
+extern uint64_t store_metadata (const struct store *s);
 extern int store_set_codec (struct store *s, enum codec c);
 extern enum codec store_codec (const struct store *s);
 extern int store_set_mlock (struct store *s);
@@ -55,6 +58,7 @@ extern int store_write (struct store *s, const void *buf,
 extern int store_fill (struct store *s, uint64_t count, uint64_t offset,
                        store_fill_fn fn, void *opaque);
 extern int store_zero (struct store *s, uint64_t count, uint64_t offset);
+extern int store_trim (struct store *s, uint64_t count, uint64_t offset);
 extern int store_extents (struct store *s, uint64_t count, uint64_t offset,
                           store_extent_fn fn, void *opaque);
 

@@ -1,8 +1,10 @@
 /* memblock: the compressed-unit backend (store_set_codec).
  *
  * Units are aligned groups of UNITS_PAGES pages (CODEC_UNIT, 16 KiB); a
- * unit's pages share one blob from codec.c, and a chunk has a table of
- * blobs instead of an arena slot.  The map, hide and lock bitmaps and
+ * unit's pages share one blob from codec.c.  A chunk has a table of
+ * blobs, kept in a pool (pool.c) over its slot of the arena, which is
+ * compacted after the requests that leave it with enough dead blobs
+ * (units_tidy), so that its memory follows what it counts.  The map, hide and lock bitmaps and
  * every page-class rule (pagemap.h, C1-C3 in clone.c) stay as they are
  * (a write of zeroes into a page holding data keeps it, as in a raw
  * store).  A unit changes only in the functions named for the change:
@@ -10,7 +12,7 @@
  * (units_pack_whole), or edited page by page (units_edit); each builds
  * a struct units_edit that units_install puts in place.
  *
- *   Z1  c->unit[u] is the blob of unit u, or NULL when none of its pages
+ *   Z1  blob[u] is the blob of unit u, or NULL when none of its pages
  *       holds data.  The blob holds the unit's data pages; what it holds
  *       for the other pages is never read (readers and edits take those
  *       pages as zeroes).  It is read, replaced and freed only under the
@@ -25,19 +27,27 @@
  *       only releases keeps its old blob if the new one would be larger.
  */
 
+#include <errno.h>
 #include <stdlib.h>
 
 #include "codec.h"
 #include "pagemap.h"
+#include "pool.h"
 #include "store-int.h"
 
 /* Pages in a compressed unit, and the mask of their bits in a word. */
 #define UNITS_PAGES (CODEC_UNIT / STORE_PAGE)
 #define UNITS_MASK (((uint64_t) 1 << UNITS_PAGES) - 1)
 
+/* A compressed chunk's blobs. */
+struct units_chunk {
+  struct pool pool;
+  void *blob[];                 /* per unit (Z1) */
+};
+
 /* A unit's new state: its blob, pages that hold data and pages hidden. */
 struct units_edit {
-  struct chunk *c;              /* the unit: c->unit[u] */
+  struct chunk *c;              /* the unit: c->units->blob[u] */
   uint64_t u;
   void *blob;
   uint64_t data, hide;          /* bits of the unit's pages, at p0 % 64 */
@@ -62,22 +72,79 @@ units_span (uint64_t coff, uint64_t n, uint64_t *p, uint64_t *q)
   *q = (*q + UNITS_PAGES - 1) & ~(uint64_t) (UNITS_PAGES - 1);
 }
 
-/* chunk_init: an empty table of blobs. */
+/* slot_bytes: room in the pool for every unit stored raw, and as much
+ * again of dead blobs before a compaction; more goes to the heap.
+ */
+static uint64_t
+units_slot_bytes (const struct store *s)
+{
+  return (2 * units_per_chunk (s) * POOL_MAX_HELD (codec_max_size ())
+          + STORE_PAGE - 1) & ~(STORE_PAGE - 1);
+}
+
+/* chunk_init: an empty table of blobs over an empty pool (the caller
+ * holds grow_lock).
+ */
 static int
 units_chunk_init (struct store *s, struct chunk *c)
 {
-  return (c->unit = calloc (units_per_chunk (s), sizeof *c->unit)) == NULL
-         ? -1 : 0;
+  void *slot = arena_alloc (&s->arena);
+
+  if (slot == NULL ||
+      (c->units = calloc (1, sizeof *c->units
+                             + units_per_chunk (s) * sizeof (void *))) == NULL)
+    return -1;
+  pool_init (&c->units->pool, slot, units_slot_bytes (s));
+  return 0;
 }
 
-/* chunk_free: every blob, and the table. */
+/* chunk_bytes: the table of blobs. */
+static uint64_t
+units_chunk_bytes (const struct store *s)
+{
+  return STORE_MALLOC_COST (sizeof (struct units_chunk)
+                            + units_per_chunk (s) * sizeof (void *));
+}
+
+/* chunk_free: the blobs on the heap, and the table (the pool's slot is
+ * the arena's).
+ */
 static void
 units_chunk_free (const struct store *s, struct chunk *c)
 {
-  if (c->unit)
-    for (uint64_t u = 0; u < units_per_chunk (s); u++)
-      codec_free (c->unit[u]);
-  free (c->unit);
+  if (c->units)
+    pool_destroy (&c->units->pool, c->units->blob, units_per_chunk (s));
+  free (c->units);
+}
+
+/* Compact chunk c's pool if it wants it (P2 in pool.c), under the locks
+ * of all its pages; the caller holds none.  errno is kept.
+ */
+static void
+units_tidy_chunk (struct store *s, struct chunk *c)
+{
+  uint64_t pages = s->map_words * 64;
+  int err = errno;
+
+  if (!pool_wants_compact (&c->units->pool))
+    return;
+  pagelock_lock (c, 0, pages);
+  if (pool_wants_compact (&c->units->pool))
+    pool_compact (&c->units->pool, c->units->blob, units_per_chunk (s));
+  pagelock_unlock (c, 0, pages);
+  errno = err;
+}
+
+/* tidy: each chunk the write changed. */
+static void
+units_tidy (struct store *s, const struct store_req *rq)
+{
+  FOR_EACH_CHUNK (s, rq->count, rq->offset, idx, coff, n, done) {
+    struct chunk *c = store_req_chunk (rq, idx);
+
+    if (c != NULL)
+      units_tidy_chunk (s, c);
+  }
 }
 
 /* read: a unit at a time under its locks (Z1). */
@@ -96,7 +163,7 @@ units_read (struct store *s, struct chunk *c, uint64_t base,
     void *blob;
 
     pagelock_lock (c, p, p + UNITS_PAGES);
-    blob = c->unit[p / UNITS_PAGES];
+    blob = c->units->blob[p / UNITS_PAGES];
     if (a == us && b == us + CODEC_UNIT &&
         ((pagemap_class_bits (c, p / 64, STORE_DATA) >> (p % 64))
          & UNITS_MASK) == UNITS_MASK)
@@ -126,32 +193,50 @@ units_edit_init (struct chunk *c, uint64_t u, struct units_edit *e,
   e->hide = c->hide ? h & (UNITS_MASK << (p0 % 64)) : 0;
 }
 
-/* Pack unit (the unit's bytes as e now says) into e->blob, unless no
- * page holds data, and count the change in bytes held.  0 or -1.
+/* The memory blob (NULL: none) of chunk c holds. */
+static int64_t
+units_held (const struct chunk *c, const void *blob)
+{
+  return blob ? (int64_t) pool_held (&c->units->pool, blob) : 0;
+}
+
+/* Pack unit (the unit's bytes as e now says) into a new blob in the
+ * chunk's pool, unless no page holds data, and count the change in
+ * bytes held.  0 or -1.
  */
 static int
 units_pack (struct store *s, const unsigned char *unit, struct units_edit *e)
 {
-  void *old = e->c->unit[e->u];
+  struct units_chunk *uc = e->c->units;
+  const void *packed;
 
-  if (e->data != 0 && (e->blob = codec_pack (s->codec, unit)) == NULL)
+  if (e->data != 0 &&
+      ((packed = codec_pack (s->codec, unit)) == NULL ||
+       (e->blob = pool_alloc (&uc->pool, packed, codec_size (packed),
+                              e->u)) == NULL))
     return -1;
-  e->held = (int64_t) (e->blob ? codec_held (e->blob) : 0)
-            - (int64_t) (old ? codec_held (old) : 0);
+  e->held = units_held (e->c, e->blob) - units_held (e->c, uc->blob[e->u]);
   return 0;
+}
+
+/* Give back a blob made for an edit that is not installed. */
+static void
+units_discard (struct units_edit *e)
+{
+  if (e->blob)
+    pool_free (&e->c->units->pool, e->blob);
 }
 
 /* A whole unit dropped: every page reads zeroes, nothing to unpack. */
 static void
 units_drop (struct chunk *c, uint64_t u, struct units_edit *e)
 {
-  void *old = c->unit[u];
   uint64_t d;
 
   units_edit_init (c, u, e, &d);
   e->data = 0;
   e->hide = c->hide ? UNITS_MASK << (u * UNITS_PAGES % 64) : 0;
-  e->held = old ? - (int64_t) codec_held (old) : 0;
+  e->held = - units_held (c, c->units->blob[u]);
 }
 
 /* A whole unit packed as a write gives it (unit: its CODEC_UNIT bytes).
@@ -190,9 +275,9 @@ units_edit (struct store *s, struct chunk *c, uint64_t base, uint64_t u,
   uint64_t d, p0 = u * UNITS_PAGES;
 
   units_edit_init (c, u, e, &d);
-  if (c->unit[u] == NULL)
+  if (c->units->blob[u] == NULL)
     memset (buf, 0, sizeof buf);
-  else if (codec_unpack (c->unit[u], buf) == -1)
+  else if (codec_unpack (c->units->blob[u], buf) == -1)
     return -1;
   for (uint64_t i = 0; i < UNITS_PAGES; i++) {
     uint64_t p = p0 + i, bit = (uint64_t) 1 << (p % 64);
@@ -238,8 +323,9 @@ units_install (struct units_edit *e, struct tally *t)
   uint64_t old = atomic_load_explicit (&c->map[w], memory_order_relaxed)
                  & mask;
 
-  codec_free (c->unit[e->u]);
-  c->unit[e->u] = e->blob;
+  if (c->units->blob[e->u])
+    pool_free (&c->units->pool, c->units->blob[e->u]);
+  c->units->blob[e->u] = e->blob;
   atomic_fetch_or_explicit (&c->map[w], e->data & ~old, memory_order_release);
   if (c->hide)
     atomic_fetch_or_explicit (&c->hide[w], e->hide, memory_order_release);
@@ -250,17 +336,23 @@ units_install (struct units_edit *e, struct tally *t)
   t->held += e->held;
 }
 
-/* write_need: nothing before the locks; the exact growth is known once
- * the units are packed under them (Z2).
+/* write_need: no data before the locks, as the exact growth is known
+ * once the units are packed under them (Z2); the chunks to create.
  */
 static uint64_t
 units_write_need (struct store *s, const unsigned char *in,
-                  uint64_t count, uint64_t offset)
+                  uint64_t count, uint64_t offset, uint64_t *create)
 {
-  (void) s;
-  (void) in;
-  (void) count;
-  (void) offset;
+  uint64_t prev = UINT64_MAX;
+
+  FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
+    uint64_t cost = store_grow_cost (s, idx, prev, in + done, n);
+
+    if (cost > 0) {
+      *create += cost;
+      prev = idx;
+    }
+  }
   return 0;
 }
 
@@ -309,7 +401,7 @@ units_write (struct store *s, const struct store_req *rq,
   r = 0;
  out:
   while (k-- > 0)
-    codec_free (edits[k].blob);
+    units_discard (&edits[k]);
   free (edits);
   return r;
 }
@@ -322,7 +414,7 @@ units_zero_need (struct store *s, uint64_t count, uint64_t offset)
 
   for (int i = 0; i < 2 && count > 0; i++)
     if (ends[i] % STORE_PAGE != 0 && ends[i] < s->size)
-      need += codec_max_held ();
+      need += POOL_MAX_HELD (codec_max_size ());
   return need;
 }
 
@@ -351,16 +443,17 @@ units_zero (struct store *s, struct chunk *c, uint64_t base,
       units_drop (c, u, &e);
     else if ((r = units_edit (s, c, base, u, coff, end, NULL, &e)) == -1)
       break;
-    if (!partial && e.held > 0 && c->unit[u] != NULL) {
+    if (!partial && e.held > 0 && c->units->blob[u] != NULL) {
       /* Releases only: keep the old, smaller blob (Z2). */
-      codec_free (e.blob);
-      e.blob = c->unit[u];
-      c->unit[u] = NULL;
+      units_discard (&e);
+      e.blob = c->units->blob[u];
+      c->units->blob[u] = NULL;
       e.held = 0;
     }
     units_install (&e, t);
   }
   pagelock_unlock (c, p, q);
+  units_tidy_chunk (s, c);
   return r;
 }
 
@@ -368,6 +461,9 @@ const struct store_ops units_ops = {
   .name       = "units",
   .chunk_init = units_chunk_init,
   .chunk_free = units_chunk_free,
+  .chunk_bytes = units_chunk_bytes,
+  .slot_bytes = units_slot_bytes,
+  .tidy       = units_tidy,
   .span       = units_span,
   .read       = units_read,
   .write_need = units_write_need,

@@ -26,10 +26,13 @@
  *     and the source reports it as data (down the chain); no non-zero
  *     byte lies in a hole;
  *   - store_allocated is the store's own pages, store_chunks its
- *     chunks, the cap's use is the sum over all live stores and never
- *     above the cap;
+ *     chunks, store_metadata what creating them cost (store_chunk_cost,
+ *     asked just before each request that creates chunks), the cap's
+ *     use is the sum of both over all live stores and never above the
+ *     cap;
  *   - a write or zero fails with ENOSPC exactly when the pages it may
- *     newly set do not fit under the cap, and then changes nothing.
+ *     newly set and the chunks it creates do not fit under the cap, and
+ *     then changes nothing.
  *     Those pages are, per page touched: not own and getting non-zero
  *     data, and in a clone also every partial write or zero of a page
  *     still showing its source where a store down the chain has the
@@ -44,14 +47,17 @@
  *
  * A page is covered whole by a request when it covers all of the
  * page's bytes inside the device (all of the device's last partial
- * page counts as whole).
+ * page counts as whole).  A trim makes the pages it covers whole holes,
+ * leaves the others as they are and never fails; in a clone it creates
+ * the chunks it must hide a source's chunk with only if all of them fit
+ * under the cap, and else leaves those chunks showing the source.
  *
  * Half the inputs keep every store compressed (zstd or lz4, chunks of
  * 16K at least): then store_data is the own pages, store_allocated
  * bytes; a write may fail with ENOSPC only under a cap (its growth in
  * bytes cannot be foreseen), changing no byte; a zero reserves a unit's
- * worth (codec_max_held) for each partial page at either end, and fails
- * with ENOSPC exactly when that does not fit.
+ * worth (POOL_MAX_HELD of codec_max_size) for each partial page at
+ * either end, and fails with ENOSPC exactly when that does not fit.
  *
  * Build: make build/fuzz/fuzz-store (clang, -fsanitize=fuzzer,address,
  * undefined).  Run: make fuzz FUZZ_SECONDS=300.  Replay a crash with
@@ -65,7 +71,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "store.h"
+#include "pool.h"
+#include "store-int.h"
 
 #define PAGE STORE_PAGE
 #define MAX_SIZE_A ((uint64_t) 8 << 20)   /* 2048 chunks of 4K: 2 levels */
@@ -125,6 +132,7 @@ struct dev {
   uint64_t npages, own;         /* own: pages in P_OWN */
   uint8_t *chunk;               /* one flag per chunk: created */
   uint64_t nchunks, chunks;     /* chunks: flags set */
+  uint64_t meta;                /* what creating them cost */
   struct dev *source;           /* clones: the source, else NULL */
   int depth;                    /* clones in the chain down to a store */
   bool frozen;                  /* a source now: never written again */
@@ -210,6 +218,60 @@ chunk_create (struct dev *d, uint64_t idx)
   }
 }
 
+/* The chunks a request will create, with what they cost, asked of the
+ * store before it runs.
+ */
+struct plan {
+  uint64_t first, n, cost;
+  uint8_t make[MAX_LEN / 4096 + 3];
+};
+
+/* Plan to create chunk idx of d if it is missing. */
+static void
+plan_add (struct plan *pl, struct dev *d, uint64_t idx, uint64_t *prev)
+{
+  if (d->chunk[idx] || pl->make[idx - pl->first])
+    return;
+  pl->make[idx - pl->first] = 1;
+  pl->cost += store_chunk_cost (d->s, idx, *prev);
+  *prev = idx;
+}
+
+/* Create the planned chunks in the reference. */
+static void
+plan_apply (struct plan *pl, struct dev *d)
+{
+  for (uint64_t i = 0; i < pl->n; i++)
+    if (pl->make[i])
+      chunk_create (d, pl->first + i);
+  d->meta += pl->cost;
+}
+
+/* The chunks a write of scratch at [off, off+len) creates: where it
+ * stores non-zero data, and in a clone where a store down the chain has
+ * the chunk; or, for a zero (zero true), only the latter.
+ */
+static void
+plan_chunks (struct plan *pl, struct dev *d, uint64_t off, uint64_t len,
+             bool zero)
+{
+  uint64_t prev = UINT64_MAX;
+
+  memset (pl, 0, sizeof *pl);
+  if (len == 0)
+    return;
+  pl->first = off >> shift;
+  pl->n = ((off + len - 1) >> shift) - pl->first + 1;
+  for (uint64_t idx = pl->first; idx < pl->first + pl->n; idx++) {
+    uint64_t a = MAX (idx << shift, off);
+    uint64_t b = MIN ((idx + 1) << shift, off + len);
+
+    if ((!zero && !all_zero (scratch + (a - off), b - a)) ||
+        (d->source && chain_has_chunk (d, idx)))
+      plan_add (pl, d, idx, &prev);
+  }
+}
+
 /* Whether extents must report page p of d as data. */
 static bool
 page_is_data (const struct dev *d, uint64_t p)
@@ -238,7 +300,10 @@ check_accounting (void)
     CHECK (store_chunks (d->s) == d->chunks,
            "store %d: %lu chunks, reference %lu", i,
            (unsigned long) store_chunks (d->s), (unsigned long) d->chunks);
-    sum += store_allocated (d->s);
+    CHECK (store_metadata (d->s) == d->meta,
+           "store %d: %lu bytes of chunks, reference %lu", i,
+           (unsigned long) store_metadata (d->s), (unsigned long) d->meta);
+    sum += store_allocated (d->s) + store_metadata (d->s);
   }
   CHECK (atomic_load (&limit.used) == sum, "cap use %lu != %lu over %d stores",
          (unsigned long) atomic_load (&limit.used), (unsigned long) sum,
@@ -373,35 +438,18 @@ check_enospc_packed (struct dev *d, uint64_t off, uint64_t len, int r, int err)
   return false;
 }
 
-/* The chunks a write of scratch at [off, off+len) creates: where it
- * stores non-zero data, and in a clone where a store down the chain has
- * the chunk.
- */
-static void
-write_chunks (struct dev *d, uint64_t off, uint64_t len)
-{
-  if (len == 0)
-    return;
-  for (uint64_t idx = off >> shift; idx <= (off + len - 1) >> shift; idx++) {
-    uint64_t a = MAX (idx << shift, off);
-    uint64_t b = MIN ((idx + 1) << shift, off + len);
-
-    if (!all_zero (scratch + (a - off), b - a) ||
-        (d->source && chain_has_chunk (d, idx)))
-      chunk_create (d, idx);
-  }
-}
-
 static void
 do_write (struct dev *d, uint64_t off, uint64_t len,
           unsigned kind, uint32_t seed)
 {
   uint64_t need = 0, room;
+  struct plan pl;
   int r, err;
 
   CHECK (!d->frozen, "model: write to frozen store %d", d->id);
   fill (scratch, off, len, kind, seed);
   TRACE ("  data kind %u seed %u\n", kind % 4, seed);
+  plan_chunks (&pl, d, off, len, false);
   /* Pages it may newly set: not own, and its bytes in them not all zero;
    * in a clone also a page showing its source and not covered whole.
    */
@@ -425,16 +473,20 @@ do_write (struct dev *d, uint64_t off, uint64_t len,
   errno = 0;
   r = store_write (d->s, scratch, len, off);
   err = errno;
-  if (codec != CODEC_NONE ? !check_enospc_packed (d, off, len, r, err)
-      : !check_enospc (d, "write", off, len, need * PAGE, room, r, err)) {
-    if (codec != CODEC_NONE)
-      write_chunks (d, off, len);
+  /* A compressed store reserves the chunks first, then its growth. */
+  if (codec != CODEC_NONE && pl.cost <= room
+      ? !check_enospc_packed (d, off, len, r, err)
+      : !check_enospc (d, "write", off, len,
+                       (codec != CODEC_NONE ? 0 : need * PAGE) + pl.cost,
+                       room, r, err)) {
+    if (codec != CODEC_NONE && pl.cost <= room)
+      plan_apply (&pl, d);
     check_chain (d, off, len);
     return;
   }
   if (len == 0)
     return;
-  write_chunks (d, off, len);
+  plan_apply (&pl, d);
   memcpy (d->ref + off, scratch, len);
   for (uint64_t p = FIRST_PAGE (off); p <= LAST_PAGE (off, len); p++) {
     uint64_t a, b;
@@ -469,6 +521,7 @@ static void
 do_zero (struct dev *d, uint64_t off, uint64_t len)
 {
   uint64_t need = 0, room;
+  struct plan pl;
   int r, err;
 
   CHECK (!d->frozen, "model: zero in frozen store %d", d->id);
@@ -489,22 +542,20 @@ do_zero (struct dev *d, uint64_t off, uint64_t len)
    */
   if (codec != CODEC_NONE && len > 0)
     need = ((off % PAGE != 0) + ((off + len) % PAGE != 0 && off + len < d->size))
-           * codec_max_held ();
+           * POOL_MAX_HELD (codec_max_size ());
+  /* A clone creates the chunks some store down its chain has. */
+  plan_chunks (&pl, d, off, len, true);
   room = limit.max - atomic_load (&limit.used);
   errno = 0;
   r = store_zero (d->s, len, off);
   err = errno;
-  if (!check_enospc (d, "zero", off, len, need, room, r, err)) {
+  if (!check_enospc (d, "zero", off, len, need + pl.cost, room, r, err)) {
     check_chain (d, off, len);
     return;
   }
   if (len == 0)
     return;
-  /* A clone creates the chunks some store down its chain has. */
-  if (d->source)
-    for (uint64_t idx = off >> shift; idx <= (off + len - 1) >> shift; idx++)
-      if (chain_has_chunk (d, idx))
-        chunk_create (d, idx);
+  plan_apply (&pl, d);
   memset (d->ref + off, 0, len);
   /* Pages covered whole become holes; partly covered ones stay own, and
    * those showing their source are copied, and kept if not all zero.
@@ -520,6 +571,40 @@ do_zero (struct dev *d, uint64_t off, uint64_t len)
       set_state (d, p, P_HOLE);
     else if (d->state[p] == P_SOURCE)
       set_state (d, p, ref_page_zero (d, p) ? P_HOLE : P_OWN);
+  }
+  if (d->source)
+    check_chain (d, off, len);
+}
+
+/* A trim: the pages [off, off+len) covers whole become holes where the
+ * store has (or can make) their chunk; nothing else changes.
+ */
+static void
+do_trim (struct dev *d, uint64_t off, uint64_t len)
+{
+  uint64_t a = (off + PAGE - 1) / PAGE * PAGE;
+  uint64_t b = off + len == d->size ? off + len : (off + len) / PAGE * PAGE;
+  struct plan pl;
+  bool made;
+
+  CHECK (!d->frozen, "model: trim in frozen store %d", d->id);
+  plan_chunks (&pl, d, a, a < b ? b - a : 0, true);
+  made = pl.cost <= limit.max - atomic_load (&limit.used);
+  errno = 0;
+  CHECK (store_trim (d->s, len, off) == 0, "trim %lu+%lu in store %d failed "
+         "(errno %d)", (unsigned long) off, (unsigned long) len, d->id, errno);
+  if (a >= b)
+    return;
+  if (made)
+    plan_apply (&pl, d);
+  TRACE ("  trim of pages [%lu, %lu), %s chunks to hide sources with\n",
+         (unsigned long) (a / PAGE), (unsigned long) ((b + PAGE - 1) / PAGE),
+         made ? "with" : "without");
+  for (uint64_t p = a / PAGE; p * PAGE < b; p++) {
+    if (d->source && !d->chunk[(p * PAGE) >> shift])
+      continue;                 /* still the source */
+    memset (d->ref + p * PAGE, 0, MIN (PAGE, d->size - p * PAGE));
+    set_state (d, p, P_HOLE);
   }
   if (d->source)
     check_chain (d, off, len);
@@ -594,6 +679,8 @@ check_out_of_range (struct dev *d, uint64_t off, uint64_t len)
          (unsigned long) d->size);
   errno = 0;
   CHECK (store_zero (d->s, len, off) == -1 && errno == EINVAL, "zero past end");
+  errno = 0;
+  CHECK (store_trim (d->s, len, off) == -1 && errno == EINVAL, "trim past end");
   errno = 0;
   CHECK (store_read (d->s, scratch, len, off) == -1 && errno == EINVAL,
          "read past end");
@@ -732,7 +819,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       pick_range (&in, d, &off, &len);
     TRACE ("op %u on store %d: %s %lu+%lu\n", n, d->id,
            clone ? "clone" :
-           (const char *[]) { "write", "write", "write", "zero", "zero",
+           (const char *[]) { "write", "write", "write", "zero", "trim",
                               "read", "extents", "out-of-range" }[type],
            (unsigned long) off, (unsigned long) len);
     switch (type) {
@@ -743,8 +830,11 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       do_write (d, off, len, kind, seed);
       break;
     }
-    case 3: case 4:
+    case 3:
       do_zero (d, off, len);
+      break;
+    case 4:
+      do_trim (d, off, len);
       break;
     case 5:
       check_read (d, off, len);
