@@ -12,49 +12,9 @@
 #include <time.h>
 
 #include "codec.h"
+#include "helpers.h"
+#include "race.h"
 #include "store.h"
-
-#define KiB ((uint64_t) 1 << 10)
-#define MiB ((uint64_t) 1 << 20)
-#define GiB ((uint64_t) 1 << 30)
-#define MIN64(a, b) ((a) < (b) ? (a) : (b))
-
-/* Deterministic byte pattern for offset off under seed. */
-static unsigned char
-pattern (uint64_t off, unsigned seed)
-{
-  uint64_t x = off * 0x9e3779b97f4a7c15ULL + seed;
-  x ^= x >> 29;
-  return (unsigned char) (x | 1);       /* never zero */
-}
-
-/* Fill buf with the pattern of [off, off+len). */
-static void
-fill (unsigned char *buf, uint64_t len, uint64_t off, unsigned seed)
-{
-  for (uint64_t i = 0; i < len; i++)
-    buf[i] = pattern (off + i, seed);
-}
-
-/* True if buf holds the pattern of [off, off+len). */
-static bool
-holds (const unsigned char *buf, uint64_t len, uint64_t off, unsigned seed)
-{
-  for (uint64_t i = 0; i < len; i++)
-    if (buf[i] != pattern (off + i, seed))
-      return false;
-  return true;
-}
-
-/* True if len bytes at buf are zero. */
-static bool
-all_zero (const unsigned char *buf, uint64_t len)
-{
-  for (uint64_t i = 0; i < len; i++)
-    if (buf[i])
-      return false;
-  return true;
-}
 
 START_TEST (test_create_bad)
 {
@@ -73,7 +33,7 @@ START_TEST (test_unwritten_reads_zero)
 
   memset (buf, 0xaa, MiB);
   ck_assert_int_eq (store_read (s, buf, MiB, 3 * MiB + 17), 0);
-  ck_assert (all_zero (buf, MiB));
+  ck_assert (helpers_all_zero (buf, MiB));
   ck_assert_uint_eq (store_allocated (s), 0);
   ck_assert_uint_eq (store_chunks (s), 0);
   free (buf);
@@ -119,17 +79,17 @@ START_TEST (test_round_trip_boundaries)
     uint64_t lens[] = { 2, 8192, 3 * MiB, 4096 * 3 + 5 };
 
     for (size_t i = 0; i < 4; i++) {
-      fill (in, lens[i], offs[i], k + 1);
+      helpers_fill (in, lens[i], offs[i], k + 1);
       ck_assert_int_eq (store_write (s, in, lens[i], offs[i]), 0);
     }
     for (size_t i = 0; i < 4; i++) {
       /* Read a margin around each write: zero or earlier data outside. */
       ck_assert_int_eq (store_read (s, out, lens[i], offs[i]), 0);
-      ck_assert_msg (holds (out, lens[i], offs[i], k + 1),
+      ck_assert_msg (helpers_holds (out, lens[i], offs[i], k + 1),
                      "chunk %" PRIu64 " write %zu", chunk, i);
     }
     ck_assert_int_eq (store_read (s, out, 4096, 40 * MiB), 0);
-    ck_assert (all_zero (out, 4096));
+    ck_assert (helpers_all_zero (out, 4096));
     store_destroy (s);
   }
   free (in);
@@ -146,11 +106,11 @@ START_TEST (test_largest_device)
 
   ck_assert_ptr_nonnull (s);
   ck_assert_uint_eq (store_size (s), end);
-  fill (in, sizeof in, end - sizeof in, 7);
+  helpers_fill (in, sizeof in, end - sizeof in, 7);
   ck_assert_int_eq (store_write (s, in, sizeof in, end - sizeof in), 0);
   ck_assert_int_eq (store_write (s, "\x5a", 1, end - 1), 0);
   ck_assert_int_eq (store_read (s, out, sizeof out, end - sizeof out), 0);
-  ck_assert (holds (out, sizeof out - 1, end - sizeof out, 7));
+  ck_assert (helpers_holds (out, sizeof out - 1, end - sizeof out, 7));
   ck_assert_int_eq (out[sizeof out - 1], 0x5a);
   ck_assert_int_eq (store_write (s, in, 2, end - 1), -1);
   ck_assert_int_eq (errno, EINVAL);
@@ -161,7 +121,7 @@ START_TEST (test_largest_device)
   ck_assert_int_eq (store_zero (s, 4 * GiB - 1, end - 4 * GiB + 1), 0);
   ck_assert_uint_eq (store_allocated (s), 0);
   ck_assert_int_eq (store_read (s, out, sizeof out, end - sizeof out), 0);
-  ck_assert (all_zero (out, sizeof out));
+  ck_assert (helpers_all_zero (out, sizeof out));
   store_destroy (s);
 }
 END_TEST
@@ -181,7 +141,7 @@ START_TEST (test_zero_writes_allocate_nothing)
   /* Zero data over written data does overwrite it. */
   ck_assert_int_eq (store_write (s, zeroes, 1, 0), 0);
   ck_assert_int_eq (store_read (s, buf, sizeof buf, 0), 0);
-  ck_assert (all_zero (buf, sizeof buf));
+  ck_assert (helpers_all_zero (buf, sizeof buf));
   free (zeroes);
   store_destroy (s);
 }
@@ -193,7 +153,7 @@ START_TEST (test_zero_releases)
   struct store *s = store_create (64 * MiB, 20, &limit);     /* 1 MiB chunks */
   unsigned char *buf = malloc (4 * MiB), *out = malloc (4 * MiB);
 
-  fill (buf, 4 * MiB, MiB, 3);
+  helpers_fill (buf, 4 * MiB, MiB, 3);
   ck_assert_int_eq (store_write (s, buf, 4 * MiB, MiB), 0);
   ck_assert_uint_eq (store_allocated (s), 4 * MiB);
   ck_assert_uint_eq (atomic_load (&limit.used), 4 * MiB);
@@ -205,19 +165,19 @@ START_TEST (test_zero_releases)
   ck_assert_uint_eq (store_allocated (s), STORE_PAGE + MiB);
   ck_assert_uint_eq (atomic_load (&limit.used), STORE_PAGE + MiB);
   ck_assert_int_eq (store_read (s, out, 4 * MiB, MiB), 0);
-  ck_assert (holds (out, 100, MiB, 3));
-  ck_assert (all_zero (out + 100, 3 * MiB));
-  ck_assert (holds (out + 3 * MiB + 100, MiB - 100, 4 * MiB + 100, 3));
+  ck_assert (helpers_holds (out, 100, MiB, 3));
+  ck_assert (helpers_all_zero (out + 100, 3 * MiB));
+  ck_assert (helpers_holds (out + 3 * MiB + 100, MiB - 100, 4 * MiB + 100, 3));
   /* Data written again after a release reads back. */
   ck_assert_int_eq (store_write (s, buf, MiB, 2 * MiB), 0);
   ck_assert_int_eq (store_read (s, out, MiB, 2 * MiB), 0);
-  ck_assert (holds (out, MiB, MiB, 3));
+  ck_assert (helpers_holds (out, MiB, MiB, 3));
   /* Zeroing part of one page keeps the page and zeroes just that part. */
   ck_assert_int_eq (store_zero (s, 10, 2 * MiB + 5), 0);
   ck_assert_int_eq (store_read (s, out, 32, 2 * MiB), 0);
-  ck_assert (holds (out, 5, MiB, 3));
-  ck_assert (all_zero (out + 5, 10));
-  ck_assert (holds (out + 15, 17, MiB + 15, 3));
+  ck_assert (helpers_holds (out, 5, MiB, 3));
+  ck_assert (helpers_all_zero (out + 5, 10));
+  ck_assert (helpers_holds (out + 15, 17, MiB + 15, 3));
   store_destroy (s);
   ck_assert_uint_eq (atomic_load (&limit.used), 0);
   free (buf);
@@ -225,38 +185,18 @@ START_TEST (test_zero_releases)
 }
 END_TEST
 
-/* Extents collected by collect_extent. */
-struct extent_list {
-  size_t n;
-  uint64_t off[256], len[256];
-  bool hole[256];
-};
-
-/* store_extents callback appending to an extent_list. */
-static int
-collect_extent (void *opaque, uint64_t offset, uint64_t length, bool hole)
-{
-  struct extent_list *l = opaque;
-
-  ck_assert_uint_lt (l->n, 256);
-  l->off[l->n] = offset;
-  l->len[l->n] = length;
-  l->hole[l->n] = hole;
-  l->n++;
-  return 0;
-}
-
 START_TEST (test_extents)
 {
   struct store *s = store_create (1ULL << 40, 24, NULL);    /* 1 TiB */
   unsigned char buf[3 * 4096];
-  struct extent_list l = { 0 };
+  struct helpers_extent_list l = { 0 };
 
-  fill (buf, sizeof buf, 0, 1);
+  helpers_fill (buf, sizeof buf, 0, 1);
   ck_assert_int_eq (store_write (s, buf, 4096, 8192), 0);           /* page 2 */
   ck_assert_int_eq (store_write (s, buf, 100, 20 * MiB + 5), 0);    /* chunk 1 */
   ck_assert_int_eq (store_write (s, buf, sizeof buf, 512 * GiB), 0);
-  ck_assert_int_eq (store_extents (s, 1ULL << 40, 0, collect_extent, &l), 0);
+  ck_assert_int_eq (store_extents (s, 1ULL << 40, 0, helpers_collect_extent,
+                                   &l), 0);
 
   ck_assert_uint_eq (l.n, 7);
   ck_assert (l.hole[0]);  ck_assert_uint_eq (l.off[0], 0);
@@ -274,7 +214,8 @@ START_TEST (test_extents)
 
   /* A sub-range starting mid-page reports from that offset. */
   l.n = 0;
-  ck_assert_int_eq (store_extents (s, 10000, 8192 + 100, collect_extent, &l), 0);
+  ck_assert_int_eq (store_extents (s, 10000, 8192 + 100,
+                                   helpers_collect_extent, &l), 0);
   ck_assert_uint_eq (l.n, 2);
   ck_assert (!l.hole[0]); ck_assert_uint_eq (l.off[0], 8292);
   ck_assert_uint_eq (l.len[0], 4096 - 100);
@@ -283,7 +224,8 @@ START_TEST (test_extents)
   /* After zeroing, everything is one hole. */
   ck_assert_int_eq (store_zero (s, 1ULL << 40, 0), 0);
   l.n = 0;
-  ck_assert_int_eq (store_extents (s, 1ULL << 40, 0, collect_extent, &l), 0);
+  ck_assert_int_eq (store_extents (s, 1ULL << 40, 0, helpers_collect_extent,
+                                   &l), 0);
   ck_assert_uint_eq (l.n, 1);
   ck_assert (l.hole[0]);
   ck_assert_uint_eq (l.len[0], 1ULL << 40);
@@ -295,14 +237,14 @@ END_TEST
 static int
 first_extent (void *opaque, uint64_t offset, uint64_t length, bool hole)
 {
-  collect_extent (opaque, offset, length, hole);
+  helpers_collect_extent (opaque, offset, length, hole);
   return 1;
 }
 
 START_TEST (test_extents_stop)
 {
   struct store *s = store_create (GiB, 24, NULL);
-  struct extent_list l = { 0 };
+  struct helpers_extent_list l = { 0 };
 
   ck_assert_int_eq (store_write (s, "a", 1, 5 * MiB), 0);
   ck_assert_int_eq (store_extents (s, GiB, 0, first_extent, &l), 0);
@@ -320,7 +262,7 @@ START_TEST (test_memory_cap)
   struct store *b = store_create (GiB, 16, &limit);   /* shares the cap */
   unsigned char *buf = malloc (64 * KiB), *out = malloc (64 * KiB);
 
-  fill (buf, 64 * KiB, 0, 9);
+  helpers_fill (buf, 64 * KiB, 0, 9);
   ck_assert_int_eq (store_write (a, buf, 40 * KiB, 0), 0);       /* 10 pages */
   ck_assert_int_eq (store_write (b, buf, 16 * KiB, MiB), 0);     /* 4 pages */
   /* 3 new pages do not fit in the 2 left: refused, nothing written. */
@@ -329,14 +271,14 @@ START_TEST (test_memory_cap)
   ck_assert_int_eq (errno, ENOSPC);
   ck_assert_uint_eq (store_chunks (a), 1);      /* not even a chunk */
   /* A write overlapping held pages and new ones is refused whole. */
-  fill (out, 64 * KiB, 0, 77);
+  helpers_fill (out, 64 * KiB, 0, 77);
   ck_assert_int_eq (store_write (a, out, 52 * KiB, 0), -1);
   ck_assert_int_eq (errno, ENOSPC);
   ck_assert_int_eq (store_read (a, out, 64 * KiB, 0), 0);
-  ck_assert (holds (out, 40 * KiB, 0, 9));
-  ck_assert (all_zero (out + 40 * KiB, 24 * KiB));
+  ck_assert (helpers_holds (out, 40 * KiB, 0, 9));
+  ck_assert (helpers_all_zero (out + 40 * KiB, 24 * KiB));
   ck_assert_int_eq (store_read (a, out, 12 * KiB, 100 * MiB), 0);
-  ck_assert (all_zero (out, 12 * KiB));
+  ck_assert (helpers_all_zero (out, 12 * KiB));
   /* Overwrites and zero data still work at the cap. */
   ck_assert_int_eq (store_write (a, buf, 40 * KiB, 0), 0);
   memset (out, 0, 64 * KiB);
@@ -349,7 +291,7 @@ START_TEST (test_memory_cap)
   ck_assert_int_eq (store_zero (b, 16 * KiB, MiB), 0);
   ck_assert_int_eq (store_write (a, buf, 12 * KiB, 100 * MiB), 0);
   ck_assert_int_eq (store_read (a, out, 12 * KiB, 100 * MiB), 0);
-  ck_assert (holds (out, 12 * KiB, 0, 9));
+  ck_assert (helpers_holds (out, 12 * KiB, 0, 9));
   store_destroy (a);
   store_destroy (b);
   ck_assert_uint_eq (atomic_load (&limit.used), 0);
@@ -358,66 +300,17 @@ START_TEST (test_memory_cap)
 }
 END_TEST
 
-/* The codecs loop tests run with: _i is one of these. */
-static const enum codec codecs[] = { CODEC_NONE, CODEC_ZSTD, CODEC_LZ4 };
-#define NCODECS 3
-
-/* A store as store_create makes it, keeping its data with codec c. */
-static struct store *
-store_create_codec (uint64_t size, unsigned shift, struct store_limit *limit,
-                    enum codec c)
-{
-  struct store *s = store_create (size, shift, limit);
-
-  ck_assert_ptr_nonnull (s);
-  ck_assert_int_eq (store_set_codec (s, c), 0);
-  return s;
-}
-
-/* n random unaligned writes (some of zeroes), zeroes and reads on s,
- * against its flat reference ref; buf is scratch of size bytes.
- */
-static void
-random_ops (struct store *s, unsigned char *ref, unsigned char *buf,
-            uint64_t size, unsigned *seed, int n)
-{
-  for (int i = 0; i < n; i++) {
-    uint64_t off = rand_r (seed) % size;
-    uint64_t len = 1 + rand_r (seed) % (rand_r (seed) % 4 ? 9000 : 300000);
-    if (len > size - off)
-      len = size - off;
-    switch (rand_r (seed) % 4) {
-    case 0: case 1:
-      fill (buf, len, off, i);
-      if (rand_r (seed) % 8 == 0)
-        memset (buf, 0, len);           /* sometimes zero data */
-      ck_assert_int_eq (store_write (s, buf, len, off), 0);
-      memcpy (ref + off, buf, len);
-      break;
-    case 2:
-      ck_assert_int_eq (store_zero (s, len, off), 0);
-      memset (ref + off, 0, len);
-      break;
-    case 3:
-      ck_assert_int_eq (store_read (s, buf, len, off), 0);
-      ck_assert_msg (memcmp (buf, ref + off, len) == 0,
-                     "op %d: read of %" PRIu64 " at %" PRIu64, i, len, off);
-      break;
-    }
-  }
-}
-
 /* Random unaligned writes, zeroes and reads against a flat reference,
  * for each codec.
  */
 START_TEST (test_random_against_reference)
 {
   const uint64_t size = 3 * MiB + 12345;
-  struct store *s = store_create_codec (size, 16, NULL, codecs[_i]);
+  struct store *s = helpers_create_codec (size, 16, NULL, helpers_codecs[_i]);
   unsigned char *ref = calloc (1, size), *buf = malloc (size);
   unsigned seed = 12345;
 
-  random_ops (s, ref, buf, size, &seed, 3000);
+  helpers_random_ops (s, ref, buf, size, &seed, 3000);
   ck_assert_int_eq (store_read (s, buf, size, 0), 0);
   ck_assert (memcmp (buf, ref, size) == 0);
   ck_assert_uint_le (store_data (s), (size + STORE_PAGE) & ~(STORE_PAGE - 1));
@@ -448,13 +341,13 @@ worker_run (void *arg)
   w->ok = true;
   for (int r = 0; r < w->rounds; r++) {
     for (uint64_t off = w->id * SLICE; off < size; off += NTHREADS * SLICE) {
-      fill (in, SLICE, off, r);
+      helpers_fill (in, SLICE, off, r);
       if (store_write (w->s, in, SLICE, off) == -1)
         w->ok = false;
     }
     for (uint64_t off = w->id * SLICE; off < size; off += NTHREADS * SLICE) {
       if (store_read (w->s, out, SLICE, off) == -1 ||
-          !holds (out, SLICE, off, r))
+          !helpers_holds (out, SLICE, off, r))
         w->ok = false;
     }
     /* Release every other round, so creation, release and reuse race. */
@@ -470,7 +363,8 @@ START_TEST (test_threads_disjoint)
 {
   struct store_limit limit = { .max = UINT64_MAX };
   /* 128 KiB chunks: every chunk is shared by all eight threads. */
-  struct store *s = store_create_codec (32 * MiB, 17, &limit, codecs[_i]);
+  struct store *s = helpers_create_codec (32 * MiB, 17, &limit,
+                                          helpers_codecs[_i]);
   struct worker w[NTHREADS];
   pthread_t t[NTHREADS];
   unsigned char out[SLICE];
@@ -488,7 +382,7 @@ START_TEST (test_threads_disjoint)
   /* The last round (6) left every stripe holding data. */
   for (uint64_t off = 0; off < 32 * MiB; off += SLICE) {
     ck_assert_int_eq (store_read (s, out, SLICE, off), 0);
-    ck_assert (holds (out, SLICE, off, 6));
+    ck_assert (helpers_holds (out, SLICE, off, 6));
   }
   ck_assert_uint_eq (store_data (s), 32 * MiB);
   ck_assert_uint_eq (atomic_load (&limit.used), store_allocated (s));
@@ -496,88 +390,6 @@ START_TEST (test_threads_disjoint)
   ck_assert_uint_eq (atomic_load (&limit.used), 0);
 }
 END_TEST
-
-/* Rounds of the race tests; fewer under ThreadSanitizer, which slows
- * every copy down about tenfold.
- */
-#if defined(__SANITIZE_THREAD__)
-#define RACE_ROUNDS 500
-#else
-#define RACE_ROUNDS 3000
-#endif
-
-/* Sanitizers keep shadow memory for every page touched, which swamps
- * RSS: the RSS bounds are checked in the plain build only.
- */
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
-#define RSS_CHECKED false
-#else
-#define RSS_CHECKED true
-#endif
-
-/* A thread that runs op at the moment the main thread starts its own
- * operation, once per round: the two really are in flight together.
- */
-struct racer {
-  _Atomic unsigned go;          /* round number released by the main thread */
-  _Atomic unsigned done;        /* rounds finished by this thread */
-  void (*op) (void *arg, unsigned round);
-  void *arg;
-  unsigned rounds;              /* RACE_ROUNDS if 0 */
-  pthread_t thread;
-};
-
-/* Wait for a flag another thread sets within microseconds: spin, and
- * yield when the machine is too busy to run both threads.
- */
-static void
-race_wait (_Atomic unsigned *flag, unsigned round)
-{
-  for (unsigned spins = 0; atomic_load (flag) < round; spins++)
-    if (spins > 10000)
-      sched_yield ();
-}
-
-/* Spin for a random time up to about max_us microseconds, so that an
- * operation lands at a random point inside the other one.
- */
-static void
-race_delay (unsigned *seed, unsigned max_us)
-{
-  struct timespec start, now;
-  long ns = (long) (rand_r (seed) % (max_us + 1)) * 1000;
-
-  clock_gettime (CLOCK_MONOTONIC, &start);
-  do
-    clock_gettime (CLOCK_MONOTONIC, &now);
-  while ((now.tv_sec - start.tv_sec) * 1000000000L
-         + (now.tv_nsec - start.tv_nsec) < ns);
-}
-
-/* The racer's thread: each round, wait for the start, run, report. */
-static void *
-racer_run (void *arg)
-{
-  struct racer *r = arg;
-  unsigned rounds = r->rounds ? r->rounds : RACE_ROUNDS;
-
-  for (unsigned round = 1; round <= rounds; round++) {
-    race_wait (&r->go, round);
-    r->op (r->arg, round);
-    atomic_store (&r->done, round);
-  }
-  return NULL;
-}
-
-/* Run main_op in this thread and the racer's op in its own, together. */
-static void
-race_round (struct racer *r, unsigned round,
-            void (*main_op) (void *arg, unsigned round), void *arg)
-{
-  atomic_store (&r->go, round);
-  main_op (arg, round);
-  race_wait (&r->done, round);
-}
 
 /* What the write/trim race does each round. */
 #define RACE_DEV (8 * MiB)
@@ -635,21 +447,21 @@ START_TEST (test_race_write_trim_stability)
   time_t start = time (NULL);
   struct store_limit limit = { .max = UINT64_MAX };
   struct race_plan pl = {
-    .s = store_create_codec (RACE_DEV, 24, &limit, codecs[_i]),
+    .s = helpers_create_codec (RACE_DEV, 24, &limit, helpers_codecs[_i]),
   };
   unsigned char page[4096], again[4096], small[512];
   unsigned seed = 4242, unstable = 0, mixed = 0, miscounted = 0;
   /* A compressed write packs all 4 MiB: fewer rounds. */
-  const unsigned rounds = codecs[_i] == CODEC_NONE ? RACE_ROUNDS
+  const unsigned rounds = helpers_codecs[_i] == CODEC_NONE ? RACE_ROUNDS
                                                    : RACE_ROUNDS / 20;
-  struct racer t = { .op = race_trim_page, .arg = &pl, .rounds = rounds };
+  struct race_thread t = { .op = race_trim_page, .arg = &pl, .rounds = rounds };
 
   for (int i = 0; i < 2; i++) {
     pl.data[i] = malloc (RACE_WRITE);
-    fill (pl.data[i], RACE_WRITE, 0, i + 1);
+    helpers_fill (pl.data[i], RACE_WRITE, 0, i + 1);
   }
   ck_assert_int_eq (store_write (pl.s, pl.data[0], RACE_WRITE, RACE_WRITE), 0);
-  ck_assert_int_eq (pthread_create (&t.thread, NULL, racer_run, &t), 0);
+  ck_assert_int_eq (race_start (&t), 0);
   for (unsigned round = 1; round <= rounds; round++) {
     uint64_t page_off, data = 0;
 
@@ -666,7 +478,7 @@ START_TEST (test_race_write_trim_stability)
     race_round (&t, round, race_big_write, &pl);
 
     ck_assert_int_eq (store_read (pl.s, page, sizeof page, pl.trim_off), 0);
-    if (!all_zero (page, sizeof page) &&
+    if (!helpers_all_zero (page, sizeof page) &&
         memcmp (page, pl.big + page_off, sizeof page) != 0)
       mixed++;
     memset (small, 0xc3, sizeof small);
@@ -680,33 +492,21 @@ START_TEST (test_race_write_trim_stability)
         atomic_load (&limit.used) != store_allocated (pl.s))
       miscounted++;
   }
-  pthread_join (t.thread, NULL);
+  race_join (&t);
   ck_assert_int_eq (pl.errors, 0);
   ck_assert_msg (unstable == 0 && mixed == 0 && miscounted == 0,
                  "of %u rounds: %u pages changed their mind, %u held a mix "
                  "of data and zeroes, %u miscounted",
                  rounds, unstable, mixed, miscounted);
   fprintf (stderr, "write/trim race (%s): %u rounds in %ld s, all stable\n",
-           codec_name (codecs[_i]), rounds, (long) (time (NULL) - start));
+           codec_name (helpers_codecs[_i]), rounds,
+           (long) (time (NULL) - start));
   store_destroy (pl.s);
   ck_assert_uint_eq (atomic_load (&limit.used), 0);
   free (pl.data[0]);
   free (pl.data[1]);
 }
 END_TEST
-
-/* Resident bytes of this process, from /proc/self/statm. */
-static uint64_t
-rss_bytes (void)
-{
-  FILE *f = fopen ("/proc/self/statm", "r");
-  unsigned long size, resident = 0;
-
-  ck_assert_ptr_nonnull (f);
-  ck_assert_int_eq (fscanf (f, "%lu %lu", &size, &resident), 2);
-  fclose (f);
-  return (uint64_t) resident * 4096;
-}
 
 /* The memory-cap race: big writes into ranges of a device sixteen
  * times the cap, against trims of runs inside the same ranges.
@@ -754,7 +554,7 @@ cap_trim (void *arg, unsigned round)
     if (store_zero (pl->s, len, pl->off + at) == -1)
       pl->errors++;
   }
-  if (round % 8 == 0 && (rss = rss_bytes ()) > pl->peak)
+  if (round % 8 == 0 && (rss = helpers_rss_bytes ()) > pl->peak)
     pl->peak = rss;
 }
 
@@ -766,7 +566,7 @@ START_TEST (test_race_memory_cap)
   time_t start = time (NULL);
   struct store_limit limit = { .max = CAP_MAX };
   struct cap_plan pl = { .s = store_create (CAP_DEV, 20, &limit), .seed = 99 };
-  struct racer t = { .op = cap_trim, .arg = &pl };
+  struct race_thread t = { .op = cap_trim, .arg = &pl };
   unsigned seed = 7;
   uint64_t base, held, after, data = 0;
   /* Slack: the test's own buffers and stacks are touched before base
@@ -776,9 +576,9 @@ START_TEST (test_race_memory_cap)
   const uint64_t slack = MiB;
 
   pl.big = malloc (RACE_WRITE);
-  fill (pl.big, RACE_WRITE, 0, 5);
-  ck_assert_int_eq (pthread_create (&t.thread, NULL, racer_run, &t), 0);
-  base = rss_bytes ();
+  helpers_fill (pl.big, RACE_WRITE, 0, 5);
+  ck_assert_int_eq (race_start (&t), 0);
+  base = helpers_rss_bytes ();
   pl.peak = base;
   for (unsigned round = 1; round <= RACE_ROUNDS; round++) {
     pl.off = rand_r (&seed) % (CAP_DEV / RACE_WRITE) * RACE_WRITE;
@@ -794,22 +594,24 @@ START_TEST (test_race_memory_cap)
     if (rand_r (&seed) % 2)
       ck_assert_int_eq (store_zero (pl.s, RACE_WRITE, pl.off), 0);
   }
-  pthread_join (t.thread, NULL);
+  race_join (&t);
   ck_assert_int_eq (pl.errors, 0);
   ck_assert_int_eq (store_extents (pl.s, CAP_DEV, 0, sum_data, &data), 0);
   ck_assert_uint_eq (data, store_allocated (pl.s));
   ck_assert_uint_eq (atomic_load (&limit.used), store_allocated (pl.s));
-  held = rss_bytes ();
-  ck_assert_msg (!RSS_CHECKED || held <= base + store_allocated (pl.s) + slack,
+  held = helpers_rss_bytes ();
+  ck_assert_msg (!HELPERS_RSS_CHECKED ||
+                 held <= base + store_allocated (pl.s) + slack,
                  "RSS is %" PRIu64 " KiB above the start but the store "
                  "counts %" PRIu64 " KiB: memory no counter sees",
                  (held - base) / KiB, store_allocated (pl.s) / KiB);
-  ck_assert_msg (!RSS_CHECKED || pl.peak <= base + CAP_MAX + slack,
+  ck_assert_msg (!HELPERS_RSS_CHECKED ||
+                 pl.peak <= base + CAP_MAX + slack,
                  "RSS peaked %" PRIu64 " KiB above the start, past the cap "
                  "(%" PRIu64 " KiB) plus %" PRIu64 " KiB",
                  (pl.peak - base) / KiB, CAP_MAX / KiB, slack / KiB);
   ck_assert_int_eq (store_zero (pl.s, CAP_DEV, 0), 0);
-  after = rss_bytes ();
+  after = helpers_rss_bytes ();
   fprintf (stderr, "memory-cap race: %d rounds in %ld s, RSS above the start: "
            "peak %" PRIu64 " KiB (cap %" PRIu64 " KiB), after trimming "
            "everything %" PRIu64 " KiB\n", RACE_ROUNDS,
@@ -817,7 +619,7 @@ START_TEST (test_race_memory_cap)
            CAP_MAX / KiB, after > base ? (after - base) / KiB : 0);
   ck_assert_uint_eq (store_allocated (pl.s), 0);
   ck_assert_uint_eq (atomic_load (&limit.used), 0);
-  ck_assert_msg (!RSS_CHECKED || after <= base + slack,
+  ck_assert_msg (!HELPERS_RSS_CHECKED || after <= base + slack,
                  "after trimming everything RSS is %" PRIu64 " KiB above "
                  "the start (bound %" PRIu64 " KiB)",
                  (after - base) / KiB, slack / KiB);
@@ -826,64 +628,17 @@ START_TEST (test_race_memory_cap)
 }
 END_TEST
 
-/* A source store of size bytes with the pattern of seed in every other
- * 64 KiB and holes between, as a read-only device holds an image.
- */
-static struct store *
-make_source (uint64_t size, unsigned shift, unsigned seed)
-{
-  struct store *src = store_create (size, shift, NULL);
-  unsigned char *buf = malloc (64 * KiB);
-
-  for (uint64_t off = 0; off < size; off += 128 * KiB) {
-    uint64_t len = MIN64 (64 * KiB, size - off);
-    fill (buf, len, off, seed);
-    ck_assert_int_eq (store_write (src, buf, len, off), 0);
-  }
-  free (buf);
-  return src;
-}
-
-/* True if [off, off+len) of a and b read the same. */
-static bool
-same_bytes (struct store *a, struct store *b, uint64_t len, uint64_t off)
-{
-  unsigned char *x = malloc (len), *y = malloc (len);
-  bool r;
-
-  ck_assert_int_eq (store_read (a, x, len, off), 0);
-  ck_assert_int_eq (store_read (b, y, len, off), 0);
-  r = memcmp (x, y, len) == 0;
-  free (x);
-  free (y);
-  return r;
-}
-
-/* True if a and b report the same extents over the whole device. */
-static bool
-same_extents (struct store *a, struct store *b)
-{
-  struct extent_list la = { 0 }, lb = { 0 };
-
-  ck_assert_int_eq (store_extents (a, store_size (a), 0, collect_extent, &la), 0);
-  ck_assert_int_eq (store_extents (b, store_size (b), 0, collect_extent, &lb), 0);
-  return la.n == lb.n &&
-         memcmp (la.off, lb.off, la.n * sizeof la.off[0]) == 0 &&
-         memcmp (la.len, lb.len, la.n * sizeof la.len[0]) == 0 &&
-         memcmp (la.hole, lb.hole, la.n * sizeof la.hole[0]) == 0;
-}
-
 /* A fresh clone reads and maps exactly as its source, and holds nothing. */
 START_TEST (test_clone_view)
 {
-  struct store *src = make_source (4 * MiB + 1000, 20, 1);
+  struct store *src = helpers_make_source (4 * MiB + 1000, 20, 1);
   struct store *c = store_create_clone (src, NULL);
 
   ck_assert_ptr_nonnull (c);
   ck_assert_uint_eq (store_size (c), store_size (src));
-  ck_assert (same_bytes (c, src, store_size (src), 0));
-  ck_assert (same_bytes (c, src, 5000, 65536 - 3));
-  ck_assert (same_extents (c, src));
+  ck_assert (helpers_same_bytes (c, src, store_size (src), 0));
+  ck_assert (helpers_same_bytes (c, src, 5000, 65536 - 3));
+  ck_assert (helpers_same_extents (c, src));
   ck_assert_uint_eq (store_allocated (c), 0);
   ck_assert_uint_eq (store_chunks (c), 0);
   store_destroy (c);
@@ -894,8 +649,8 @@ END_TEST
 /* Writes copy only the pages they touch; the source never changes. */
 START_TEST (test_clone_write)
 {
-  struct store *src = make_source (4 * MiB, 20, 2);
-  struct store *ref = make_source (4 * MiB, 20, 2);
+  struct store *src = helpers_make_source (4 * MiB, 20, 2);
+  struct store *ref = helpers_make_source (4 * MiB, 20, 2);
   struct store *c = store_create_clone (src, NULL);
   unsigned char buf[3 * 4096], out[3 * 4096], zero[4096] = { 0 };
 
@@ -904,26 +659,26 @@ START_TEST (test_clone_write)
   ck_assert_int_eq (store_write (c, buf, 100, 4096 + 50), 0);
   ck_assert_uint_eq (store_allocated (c), STORE_PAGE);
   ck_assert_int_eq (store_read (c, out, 4096, 4096), 0);
-  ck_assert (holds (out, 50, 4096, 2));
+  ck_assert (helpers_holds (out, 50, 4096, 2));
   ck_assert_int_eq (out[50], 0xab);
-  ck_assert (holds (out + 150, 4096 - 150, 4096 + 150, 2));
+  ck_assert (helpers_holds (out + 150, 4096 - 150, 4096 + 150, 2));
   /* Across a page boundary and over a hole of the source. */
-  fill (buf, sizeof buf, 0, 9);
+  helpers_fill (buf, sizeof buf, 0, 9);
   ck_assert_int_eq (store_write (c, buf, sizeof buf, 64 * KiB - 5000), 0);
   ck_assert_int_eq (store_read (c, out, sizeof out, 64 * KiB - 5000), 0);
   ck_assert (memcmp (out, buf, sizeof buf) == 0);
   /* Zero data over a source page: it reads zeroes and holds nothing. */
   ck_assert_int_eq (store_write (c, zero, 4096, 8192), 0);
   ck_assert_int_eq (store_read (c, out, 4096, 8192), 0);
-  ck_assert (all_zero (out, 4096));
+  ck_assert (helpers_all_zero (out, 4096));
   /* A partial zero write into a hole of the source stays a hole. */
   uint64_t before = store_allocated (c);
   ck_assert_int_eq (store_write (c, zero, 100, 100 * KiB), 0);
   ck_assert_uint_eq (store_allocated (c), before);
   /* The source is untouched, and the clone differs only where written. */
-  ck_assert (same_bytes (src, ref, 4 * MiB, 0));
-  ck_assert (same_bytes (c, src, 4096, 0));
-  ck_assert (same_bytes (c, src, 4 * MiB - 128 * KiB, 128 * KiB));
+  ck_assert (helpers_same_bytes (src, ref, 4 * MiB, 0));
+  ck_assert (helpers_same_bytes (c, src, 4096, 0));
+  ck_assert (helpers_same_bytes (c, src, 4 * MiB - 128 * KiB, 128 * KiB));
   store_destroy (c);
   store_destroy (ref);
   store_destroy (src);
@@ -935,17 +690,18 @@ END_TEST
  */
 START_TEST (test_clone_trim)
 {
-  struct store *src = make_source (4 * MiB, 20, 3);
+  struct store *src = helpers_make_source (4 * MiB, 20, 3);
   struct store *c = store_create_clone (src, NULL);
   unsigned char buf[8192], out[8192];
-  struct extent_list l = { 0 };
+  struct helpers_extent_list l = { 0 };
 
   /* Whole pages over source data: zeroes, no memory. */
   ck_assert_int_eq (store_zero (c, 16 * KiB, 8 * KiB), 0);
   ck_assert_int_eq (store_read (c, out, 8192, 8 * KiB), 0);
-  ck_assert (all_zero (out, 8192));
+  ck_assert (helpers_all_zero (out, 8192));
   ck_assert_uint_eq (store_allocated (c), 0);
-  ck_assert_int_eq (store_extents (c, 64 * KiB, 0, collect_extent, &l), 0);
+  ck_assert_int_eq (store_extents (c, 64 * KiB, 0, helpers_collect_extent,
+                                   &l), 0);
   ck_assert_uint_eq (l.n, 3);
   ck_assert (!l.hole[0]); ck_assert_uint_eq (l.len[0], 8 * KiB);
   ck_assert (l.hole[1]);  ck_assert_uint_eq (l.len[1], 16 * KiB);
@@ -954,25 +710,25 @@ START_TEST (test_clone_trim)
   ck_assert_int_eq (store_zero (c, 100, 40 * KiB + 10), 0);
   ck_assert_uint_eq (store_allocated (c), STORE_PAGE);
   ck_assert_int_eq (store_read (c, out, 4096, 40 * KiB), 0);
-  ck_assert (holds (out, 10, 40 * KiB, 3));
-  ck_assert (all_zero (out + 10, 100));
-  ck_assert (holds (out + 110, 4096 - 110, 40 * KiB + 110, 3));
+  ck_assert (helpers_holds (out, 10, 40 * KiB, 3));
+  ck_assert (helpers_all_zero (out + 10, 100));
+  ck_assert (helpers_holds (out + 110, 4096 - 110, 40 * KiB + 110, 3));
   /* Written pages of the clone are released by a trim. */
-  fill (buf, sizeof buf, 0, 4);
+  helpers_fill (buf, sizeof buf, 0, 4);
   ck_assert_int_eq (store_write (c, buf, sizeof buf, 200 * KiB), 0);
   ck_assert_uint_eq (store_allocated (c), 3 * STORE_PAGE);
   ck_assert_int_eq (store_zero (c, 4 * MiB - 192 * KiB, 192 * KiB), 0);
   ck_assert_uint_eq (store_allocated (c), STORE_PAGE);
   ck_assert_int_eq (store_read (c, out, 8192, 200 * KiB), 0);
-  ck_assert (all_zero (out, 8192));
+  ck_assert (helpers_all_zero (out, 8192));
   /* Writing a trimmed page again: the rest of it stays zero. */
   ck_assert_int_eq (store_write (c, "x", 1, 8 * KiB), 0);
   ck_assert_int_eq (store_read (c, out, 4096, 8 * KiB), 0);
   ck_assert_int_eq (out[0], 'x');
-  ck_assert (all_zero (out + 1, 4095));
+  ck_assert (helpers_all_zero (out + 1, 4095));
   /* The source is untouched. */
   ck_assert_int_eq (store_read (src, out, 8192, 8 * KiB), 0);
-  ck_assert (holds (out, 8192, 8 * KiB, 3));
+  ck_assert (helpers_holds (out, 8192, 8 * KiB, 3));
   ck_assert_uint_eq (store_allocated (src), 2 * MiB);
   store_destroy (c);
   store_destroy (src);
@@ -982,27 +738,27 @@ END_TEST
 /* A clone of a clone reads through both; each level keeps its own. */
 START_TEST (test_clone_chain)
 {
-  struct store *src = make_source (2 * MiB, 16, 5);
+  struct store *src = helpers_make_source (2 * MiB, 16, 5);
   struct store *mid = store_create_clone (src, NULL);
-  struct store *leaf, *ref = make_source (2 * MiB, 16, 5);
+  struct store *leaf, *ref = helpers_make_source (2 * MiB, 16, 5);
   unsigned char buf[4096], out[4096];
 
-  fill (buf, sizeof buf, 0, 6);
+  helpers_fill (buf, sizeof buf, 0, 6);
   ck_assert_int_eq (store_write (mid, buf, 4096, 0), 0);
   ck_assert_int_eq (store_zero (mid, 4096, 4096), 0);
   /* mid is read-only from here on. */
   leaf = store_create_clone (mid, NULL);
-  ck_assert (same_bytes (leaf, mid, 2 * MiB, 0));
-  ck_assert (same_extents (leaf, mid));
+  ck_assert (helpers_same_bytes (leaf, mid, 2 * MiB, 0));
+  ck_assert (helpers_same_extents (leaf, mid));
   ck_assert_int_eq (store_write (leaf, "L", 1, 4096 + 7), 0);
   ck_assert_int_eq (store_read (leaf, out, 4096, 4096), 0);
   ck_assert_int_eq (out[7], 'L');
   out[7] = 0;
-  ck_assert (all_zero (out, 4096));
+  ck_assert (helpers_all_zero (out, 4096));
   ck_assert_int_eq (store_read (leaf, out, 4096, 0), 0);
   ck_assert (memcmp (out, buf, 4096) == 0);
-  ck_assert (same_bytes (leaf, src, 2 * MiB - 8192, 8192));
-  ck_assert (same_bytes (src, ref, 2 * MiB, 0));
+  ck_assert (helpers_same_bytes (leaf, src, 2 * MiB - 8192, 8192));
+  ck_assert (helpers_same_bytes (src, ref, 2 * MiB, 0));
   ck_assert_uint_eq (store_allocated (leaf), STORE_PAGE);
   store_destroy (leaf);
   store_destroy (mid);
@@ -1017,11 +773,11 @@ END_TEST
 START_TEST (test_clone_enospc)
 {
   struct store_limit limit = { .max = 4 * STORE_PAGE };
-  struct store *src = make_source (MiB, 16, 7);
+  struct store *src = helpers_make_source (MiB, 16, 7);
   struct store *c = store_create_clone (src, &limit);
   unsigned char buf[5 * 4096], out[5 * 4096], before[5 * 4096];
 
-  fill (buf, sizeof buf, 0, 8);
+  helpers_fill (buf, sizeof buf, 0, 8);
   ck_assert_int_eq (store_read (c, before, sizeof before, 0), 0);
   errno = 0;
   ck_assert_int_eq (store_write (c, buf, sizeof buf, 0), -1);
@@ -1035,9 +791,9 @@ START_TEST (test_clone_enospc)
   ck_assert_int_eq (store_zero (c, 3 * 4096, 4 * 4096 + 10), -1);
   ck_assert_int_eq (errno, ENOSPC);
   ck_assert_int_eq (store_read (c, out, 4096, 4 * 4096), 0);
-  ck_assert (holds (out, 4096, 4 * 4096, 7));
+  ck_assert (helpers_holds (out, 4096, 4 * 4096, 7));
   ck_assert_int_eq (store_read (c, out, 4096, 6 * 4096), 0);
-  ck_assert (holds (out, 4096, 6 * 4096, 7));
+  ck_assert (helpers_holds (out, 4096, 6 * 4096, 7));
   /* Whole-page zeroes need nothing and free the clone's pages. */
   ck_assert_int_eq (store_zero (c, 8 * 4096, 0), 0);
   ck_assert_uint_eq (atomic_load (&limit.used), 0);
@@ -1045,8 +801,8 @@ START_TEST (test_clone_enospc)
   ck_assert_int_eq (store_zero (c, 3 * 4096, 12 * 4096 + 10), 0);
   ck_assert_uint_eq (atomic_load (&limit.used), 2 * STORE_PAGE);
   ck_assert_int_eq (store_read (c, out, 4096, 15 * 4096), 0);
-  ck_assert (all_zero (out, 10));
-  ck_assert (holds (out + 10, 4096 - 10, 15 * 4096 + 10, 7));
+  ck_assert (helpers_all_zero (out, 10));
+  ck_assert (helpers_holds (out + 10, 4096 - 10, 15 * 4096 + 10, 7));
   store_destroy (c);
   ck_assert_uint_eq (atomic_load (&limit.used), 0);
   store_destroy (src);
@@ -1068,14 +824,14 @@ START_TEST (test_clone_random_against_reference)
   for (int i = 0; i < 60; i++) {
     uint64_t off = rand_r (&seed) % size;
     uint64_t len = MIN64 ((uint64_t) (1 + rand_r (&seed) % 50000), size - off);
-    fill (buf, len, off, 1000 + i);
+    helpers_fill (buf, len, off, 1000 + i);
     ck_assert_int_eq (store_write (src, buf, len, off), 0);
     memcpy (sref + off, buf, len);
   }
   memcpy (ref, sref, size);
   c = store_create_clone (src, NULL);
-  ck_assert_int_eq (store_set_codec (c, codecs[_i]), 0);
-  random_ops (c, ref, buf, size, &seed, 3000);
+  ck_assert_int_eq (store_set_codec (c, helpers_codecs[_i]), 0);
+  helpers_random_ops (c, ref, buf, size, &seed, 3000);
   ck_assert_int_eq (store_read (c, buf, size, 0), 0);
   ck_assert (memcmp (buf, ref, size) == 0);
   ck_assert_int_eq (store_read (src, buf, size, 0), 0);
@@ -1126,14 +882,14 @@ START_TEST (test_race_clone_reads)
 {
   struct store *src = store_create (RACE_WRITE, 20, NULL);
   struct clone_plan pl = { .data = malloc (RACE_WRITE), .seen = malloc (RACE_WRITE) };
-  struct racer t = { .op = clone_read, .arg = &pl };
+  struct race_thread t = { .op = clone_read, .arg = &pl };
   unsigned char *orig = malloc (RACE_WRITE);
   unsigned torn = 0;
 
-  fill (orig, RACE_WRITE, 0, 11);
-  fill (pl.data, RACE_WRITE, 0, 12);
+  helpers_fill (orig, RACE_WRITE, 0, 11);
+  helpers_fill (pl.data, RACE_WRITE, 0, 12);
   ck_assert_int_eq (store_write (src, orig, RACE_WRITE, 0), 0);
-  ck_assert_int_eq (pthread_create (&t.thread, NULL, racer_run, &t), 0);
+  ck_assert_int_eq (race_start (&t), 0);
   for (unsigned round = 1; round <= RACE_ROUNDS; round++) {
     pl.c = store_create_clone (src, NULL);
     pl.trim = round % 3 == 0;
@@ -1141,13 +897,13 @@ START_TEST (test_race_clone_reads)
     for (uint64_t off = 0; off < RACE_WRITE; off += STORE_PAGE) {
       const unsigned char *page = pl.seen + off;
       if (memcmp (page, orig + off, STORE_PAGE) != 0 &&
-          (pl.trim ? !all_zero (page, STORE_PAGE)
+          (pl.trim ? !helpers_all_zero (page, STORE_PAGE)
                    : memcmp (page, pl.data + off, STORE_PAGE) != 0))
         torn++;
     }
     store_destroy (pl.c);
   }
-  pthread_join (t.thread, NULL);
+  race_join (&t);
   ck_assert_msg (torn == 0, "%u pages read as neither the source nor the "
                  "new content", torn);
   store_destroy (src);
@@ -1156,37 +912,6 @@ START_TEST (test_race_clone_reads)
   free (pl.seen);
 }
 END_TEST
-
-/* Fill buf with len bytes that do not compress (xorshift64). */
-static void
-fill_random (unsigned char *buf, uint64_t len, uint64_t seed)
-{
-  uint64_t x = seed * 0x9e3779b97f4a7c15ULL | 1;
-
-  for (uint64_t i = 0; i < len; i += 8) {
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-    memcpy (buf + i, &x, len - i < 8 ? len - i : 8);
-  }
-}
-
-/* Fill buf with len bytes of text-like data: words from a small
- * vocabulary, which compresses as real files do.
- */
-static void
-fill_text (unsigned char *buf, uint64_t len, unsigned seed)
-{
-  static const char *words[] = {
-    "block ", "device ", "memory ", "page ", "the ", "of ", "nbdkit ",
-    "clone ", "write ", "read ", "\n", "zero ", "trim ", "extent ",
-  };
-  uint64_t i = 0;
-
-  while (i < len) {
-    const char *w = words[rand_r (&seed) % 14];
-    for (; *w && i < len; w++)
-      buf[i++] = *w;
-  }
-}
 
 /* codec_pack keeps same-filled units in a word, compresses text, and
  * keeps random data raw rather than growing it; unpack gives it back.
@@ -1197,26 +922,26 @@ START_TEST (test_codec_units)
   void *b;
 
   memset (in, 0x5a, sizeof in);                  /* same-filled */
-  b = codec_pack (codecs[_i], in);
+  b = codec_pack (helpers_codecs[_i], in);
   ck_assert_uint_le (codec_held (b), 40);
   ck_assert_int_eq (codec_unpack (b, out), 0);
   ck_assert (memcmp (in, out, sizeof in) == 0);
   codec_free (b);
   for (size_t i = 0; i < sizeof in; i += 8)      /* one repeated word */
     memcpy (in + i, "\x01\x02\x03\x04\x05\x06\x07\x08", 8);
-  b = codec_pack (codecs[_i], in);
+  b = codec_pack (helpers_codecs[_i], in);
   ck_assert_uint_le (codec_held (b), 40);
   ck_assert_int_eq (codec_unpack (b, out), 0);
   ck_assert (memcmp (in, out, sizeof in) == 0);
   codec_free (b);
-  fill_text (in, sizeof in, 3);                  /* compressible */
-  b = codec_pack (codecs[_i], in);
+  helpers_fill_text (in, sizeof in, 3);                  /* compressible */
+  b = codec_pack (helpers_codecs[_i], in);
   ck_assert_uint_lt (codec_held (b), CODEC_UNIT / 2);
   ck_assert_int_eq (codec_unpack (b, out), 0);
   ck_assert (memcmp (in, out, sizeof in) == 0);
   codec_free (b);
-  fill_random (in, sizeof in, 4);                /* incompressible */
-  b = codec_pack (codecs[_i], in);
+  helpers_fill_random (in, sizeof in, 4);                /* incompressible */
+  b = codec_pack (helpers_codecs[_i], in);
   ck_assert_uint_le (codec_held (b), codec_max_held ());
   ck_assert_uint_ge (codec_held (b), CODEC_UNIT);
   ck_assert_int_eq (codec_unpack (b, out), 0);
@@ -1233,12 +958,13 @@ END_TEST
 START_TEST (test_compressed_pages)
 {
   struct store_limit limit = { .max = UINT64_MAX };
-  struct store *s = store_create_codec (64 * MiB, 20, &limit, codecs[_i]);
+  struct store *s = helpers_create_codec (64 * MiB, 20, &limit,
+                                          helpers_codecs[_i]);
   unsigned char *text = malloc (MiB), *rnd = malloc (MiB), *out = malloc (MiB);
-  struct extent_list l = { 0 };
+  struct helpers_extent_list l = { 0 };
 
-  fill_text (text, MiB, 1);
-  fill_random (rnd, MiB, 2);
+  helpers_fill_text (text, MiB, 1);
+  helpers_fill_random (rnd, MiB, 2);
   ck_assert_int_eq (store_write (s, text, MiB, 0), 0);
   ck_assert_uint_eq (store_data (s), MiB);
   ck_assert_uint_lt (store_allocated (s), MiB / 2);
@@ -1264,7 +990,7 @@ START_TEST (test_compressed_pages)
   memset (rnd + STORE_PAGE, 0, STORE_PAGE);
   ck_assert_uint_eq (store_data (s), 3 * MiB - STORE_PAGE);
   ck_assert_int_eq (store_extents (s, 4 * STORE_PAGE, 8 * MiB,
-                                   collect_extent, &l), 0);
+                                   helpers_collect_extent, &l), 0);
   ck_assert_uint_eq (l.n, 3);
   ck_assert (!l.hole[0]); ck_assert_uint_eq (l.len[0], STORE_PAGE);
   ck_assert (l.hole[1]);  ck_assert_uint_eq (l.len[1], STORE_PAGE);
@@ -1285,7 +1011,7 @@ START_TEST (test_compressed_pages)
   ck_assert_uint_eq (store_allocated (s), 0);
   ck_assert_uint_eq (atomic_load (&limit.used), 0);
   ck_assert_int_eq (store_read (s, out, MiB, 8 * MiB), 0);
-  ck_assert (all_zero (out, MiB));
+  ck_assert (helpers_all_zero (out, MiB));
   store_destroy (s);
   free (text);
   free (rnd);
@@ -1299,12 +1025,13 @@ END_TEST
 START_TEST (test_compressed_enospc)
 {
   struct store_limit limit = { .max = 256 * KiB };
-  struct store *s = store_create_codec (64 * MiB, 20, &limit, codecs[_i]);
+  struct store *s = helpers_create_codec (64 * MiB, 20, &limit,
+                                          helpers_codecs[_i]);
   unsigned char *rnd = malloc (MiB), *text = malloc (MiB), *out = malloc (MiB);
   uint64_t used;
 
-  fill_random (rnd, MiB, 5);
-  fill_text (text, MiB, 6);
+  helpers_fill_random (rnd, MiB, 5);
+  helpers_fill_text (text, MiB, 6);
   ck_assert_int_eq (store_write (s, rnd, 192 * KiB, 0), 0);
   used = atomic_load (&limit.used);
   ck_assert_uint_eq (used, store_allocated (s));
@@ -1313,7 +1040,7 @@ START_TEST (test_compressed_enospc)
   ck_assert_int_eq (errno, ENOSPC);
   ck_assert_uint_eq (atomic_load (&limit.used), used);
   ck_assert_int_eq (store_read (s, out, 128 * KiB, MiB), 0);
-  ck_assert (all_zero (out, 128 * KiB));
+  ck_assert (helpers_all_zero (out, 128 * KiB));
   /* Overwriting held random data with text shrinks it and fits. */
   ck_assert_int_eq (store_write (s, text, 128 * KiB, 0), 0);
   ck_assert_uint_lt (atomic_load (&limit.used), used);
@@ -1369,15 +1096,15 @@ START_TEST (test_fill)
   unsigned char *img = calloc (1, size), *out = malloc (size);
   struct fill_src src = { .data = img, .size = size };
   struct store *s, *base;
-  struct extent_list l = { 0 };
+  struct helpers_extent_list l = { 0 };
 
-  fill_text (img, MiB, 9);                      /* 1 MiB of data */
-  fill_random (img + 2 * MiB, 8192, 10);        /* two pages, then holes */
-  fill_random (img + 4 * MiB + 4096, 4096, 11);
+  helpers_fill_text (img, MiB, 9);                      /* 1 MiB of data */
+  helpers_fill_random (img + 2 * MiB, 8192, 10);  /* two pages, then holes */
+  helpers_fill_random (img + 4 * MiB + 4096, 4096, 11);
   for (int v = 0; v < 3; v++) {
     base = v == 2 ? store_create (size, 20, NULL) : NULL;
     s = v == 2 ? store_create_clone (base, &limit)
-               : store_create_codec (size, 20, &limit, v ? CODEC_ZSTD
+               : helpers_create_codec (size, 20, &limit, v ? CODEC_ZSTD
                                                         : CODEC_NONE);
     ck_assert_int_eq (store_fill (s, size, 0, fill_from, &src), 0);
     ck_assert_int_eq (store_read (s, out, size, 0), 0);
@@ -1385,7 +1112,8 @@ START_TEST (test_fill)
     ck_assert_uint_eq (store_data (s), MiB + 3 * STORE_PAGE);
     ck_assert_uint_eq (atomic_load (&limit.used), store_allocated (s));
     l.n = 0;
-    ck_assert_int_eq (store_extents (s, size, 0, collect_extent, &l), 0);
+    ck_assert_int_eq (store_extents (s, size, 0, helpers_collect_extent,
+                                     &l), 0);
     ck_assert_uint_eq (l.n, 6);
     ck_assert (!l.hole[0]); ck_assert_uint_eq (l.len[0], MiB);
     ck_assert (!l.hole[2]); ck_assert_uint_eq (l.len[2], 8192);
@@ -1436,20 +1164,20 @@ store_suite (void)
   tcase_add_test (tc, test_extents);
   tcase_add_test (tc, test_extents_stop);
   tcase_add_test (tc, test_memory_cap);
-  tcase_add_loop_test (tc, test_random_against_reference, 0, NCODECS);
-  tcase_add_loop_test (tc, test_threads_disjoint, 0, NCODECS);
-  tcase_add_loop_test (tc, test_race_write_trim_stability, 0, NCODECS);
+  tcase_add_loop_test (tc, test_random_against_reference, 0, HELPERS_NCODECS);
+  tcase_add_loop_test (tc, test_threads_disjoint, 0, HELPERS_NCODECS);
+  tcase_add_loop_test (tc, test_race_write_trim_stability, 0, HELPERS_NCODECS);
   tcase_add_test (tc, test_race_memory_cap);
   tcase_add_test (tc, test_clone_view);
   tcase_add_test (tc, test_clone_write);
   tcase_add_test (tc, test_clone_trim);
   tcase_add_test (tc, test_clone_chain);
   tcase_add_test (tc, test_clone_enospc);
-  tcase_add_loop_test (tc, test_clone_random_against_reference, 0, NCODECS);
+  tcase_add_loop_test (tc, test_clone_random_against_reference, 0, HELPERS_NCODECS);
   tcase_add_test (tc, test_fill);
-  tcase_add_loop_test (tc, test_codec_units, 1, NCODECS);
-  tcase_add_loop_test (tc, test_compressed_pages, 1, NCODECS);
-  tcase_add_loop_test (tc, test_compressed_enospc, 1, NCODECS);
+  tcase_add_loop_test (tc, test_codec_units, 1, HELPERS_NCODECS);
+  tcase_add_loop_test (tc, test_compressed_pages, 1, HELPERS_NCODECS);
+  tcase_add_loop_test (tc, test_compressed_enospc, 1, HELPERS_NCODECS);
   tcase_add_test (tc, test_race_clone_reads);
   suite_add_tcase (s, tc);
   return s;
