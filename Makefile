@@ -29,7 +29,7 @@ STORE_SRCS  := plugin/store.c plugin/chunkdir.c plugin/arena.c plugin/codec.c
 PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c \
                plugin/registry.c $(STORE_SRCS)
 HEADERS     := $(wildcard plugin/*.h)
-UNIT_TESTS  := test-store
+UNIT_TESTS  := test-core test-clones test-codecs test-races
 
 obj = $(patsubst plugin/%.c,$(BUILD)/%.o,$(1))
 

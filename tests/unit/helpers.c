@@ -204,3 +204,29 @@ helpers_rss_bytes (void)
   return (uint64_t) resident * 4096;
 }
 
+
+/* Add to s a TCase name whose tests each get timeout seconds (when
+ * Check forks them; CK_FORK=no, as under TSan, has no timeouts).
+ */
+TCase *
+helpers_add_tcase (Suite *s, const char *name, double timeout)
+{
+  TCase *tc = tcase_create (name);
+
+  tcase_set_timeout (tc, timeout);
+  suite_add_tcase (s, tc);
+  return tc;
+}
+
+/* Run every test of s; the exit status of a test binary. */
+int
+helpers_run (Suite *s)
+{
+  SRunner *sr = srunner_create (s);
+  int failed;
+
+  srunner_run_all (sr, CK_NORMAL);
+  failed = srunner_ntests_failed (sr);
+  srunner_free (sr);
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -4,6 +4,7 @@
 #ifndef MEMBLOCK_TEST_HELPERS_H
 #define MEMBLOCK_TEST_HELPERS_H
 
+#include <check.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -64,5 +65,9 @@ extern bool helpers_same_extents (struct store *a, struct store *b);
 
 /* This process. */
 extern uint64_t helpers_rss_bytes (void);
+
+/* Suites. */
+extern TCase *helpers_add_tcase (Suite *s, const char *name, double timeout);
+extern int helpers_run (Suite *s);
 
 #endif /* MEMBLOCK_TEST_HELPERS_H */
