@@ -228,9 +228,9 @@ START_TEST (test_clone_random_against_reference)
 }
 END_TEST
 
-/* The clones suite. */
-static Suite *
-clones_suite (void)
+/* Run the clones suite. */
+int
+main (void)
 {
   Suite *s = suite_create ("clones");
   TCase *tc;
@@ -245,11 +245,5 @@ clones_suite (void)
   tc = helpers_add_tcase (s, "reference", 30);
   tcase_add_loop_test (tc, test_clone_random_against_reference, 0,
                        HELPERS_NCODECS);
-  return s;
-}
-
-int
-main (void)
-{
-  return helpers_run (clones_suite ());
+  return helpers_run (s);
 }

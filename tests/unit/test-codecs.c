@@ -164,9 +164,9 @@ START_TEST (test_compressed_enospc)
 }
 END_TEST
 
-/* The codecs suite; the loops skip helpers_codecs[0], CODEC_NONE. */
-static Suite *
-codecs_suite (void)
+/* Run the codecs suite; the loops skip helpers_codecs[0], CODEC_NONE. */
+int
+main (void)
 {
   Suite *s = suite_create ("codecs");
   TCase *tc;
@@ -177,11 +177,5 @@ codecs_suite (void)
   tc = helpers_add_tcase (s, "stores", 10);
   tcase_add_loop_test (tc, test_compressed_pages, 1, HELPERS_NCODECS);
   tcase_add_loop_test (tc, test_compressed_enospc, 1, HELPERS_NCODECS);
-  return s;
-}
-
-int
-main (void)
-{
-  return helpers_run (codecs_suite ());
+  return helpers_run (s);
 }

@@ -483,9 +483,9 @@ START_TEST (test_fill)
 }
 END_TEST
 
-/* The core suite. */
-static Suite *
-core_suite (void)
+/* Run the core suite. */
+int
+main (void)
 {
   Suite *s = suite_create ("core");
   TCase *tc;
@@ -511,11 +511,5 @@ core_suite (void)
   tcase_add_loop_test (tc, test_random_against_reference, 0, HELPERS_NCODECS);
   tc = helpers_add_tcase (s, "threads", 60);
   tcase_add_loop_test (tc, test_threads_disjoint, 0, HELPERS_NCODECS);
-  return s;
-}
-
-int
-main (void)
-{
-  return helpers_run (core_suite ());
+  return helpers_run (s);
 }

@@ -323,9 +323,9 @@ START_TEST (test_race_clone_reads)
 }
 END_TEST
 
-/* The races suite. */
-static Suite *
-races_suite (void)
+/* Run the races suite. */
+int
+main (void)
 {
   Suite *s = suite_create ("races");
   TCase *tc;
@@ -337,11 +337,5 @@ races_suite (void)
   tcase_add_test (tc, test_race_memory_cap);
   tc = helpers_add_tcase (s, "clone reads", 180);
   tcase_add_test (tc, test_race_clone_reads);
-  return s;
-}
-
-int
-main (void)
-{
-  return helpers_run (races_suite ());
+  return helpers_run (s);
 }
