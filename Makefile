@@ -32,7 +32,7 @@ STORE_SRCS  := plugin/store.c plugin/pagelock.c plugin/acct.c plugin/clone.c \
 PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c \
                plugin/registry.c $(STORE_SRCS)
 HEADERS     := $(wildcard plugin/*.h)
-UNIT_TESTS  := test-store
+UNIT_TESTS  := test-core test-clones test-codecs test-races
 
 obj = $(patsubst plugin/%.c,$(BUILD)/%.o,$(1))
 
@@ -51,8 +51,21 @@ $(BUILD)/memblock.so: $(call obj,$(PLUGIN_SRCS))
 memblock.so: $(BUILD)/memblock.so
 	cp $< $@.tmp && mv -f $@.tmp $@
 
-$(BUILD)/test-%: tests/unit/test-%.c $(call obj,$(STORE_SRCS))
-	$(CC) $(CFLAGS_ALL) -Iplugin -o $@ $^ $(CHECK_LIBS) $(CODEC_LIBS) $(LDFLAGS)
+# The unit tests' shared objects live in $(BUILD)/unit, out of the way
+# of tests/run-tests.sh, which runs every $(BUILD)/test-*.
+UNIT_HEADERS := tests/unit/helpers.h tests/unit/race.h
+UNIT_OBJS     = $(BUILD)/unit/helpers.o $(BUILD)/unit/race.o
+# Named only in pattern rules: keep make from deleting them after a link.
+.SECONDARY: $(UNIT_OBJS)
+
+$(BUILD)/unit/%.o: tests/unit/%.c $(UNIT_HEADERS) $(HEADERS)
+	@mkdir -p $(BUILD)/unit
+	$(CC) $(CFLAGS_ALL) -Iplugin -c -o $@ $<
+
+$(BUILD)/test-%: tests/unit/test-%.c $(UNIT_OBJS) $(call obj,$(STORE_SRCS)) \
+                 $(UNIT_HEADERS)
+	$(CC) $(CFLAGS_ALL) -Iplugin -Itests/unit -o $@ $(filter-out %.h,$^) \
+	  $(CHECK_LIBS) $(CODEC_LIBS) $(LDFLAGS)
 
 nbdkit-memblock.1: nbdkit-memblock.pod
 	pod2man --section=1 --center="nbdkit" --release="memblock" \
