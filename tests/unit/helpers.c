@@ -230,3 +230,27 @@ helpers_run (Suite *s)
   srunner_free (sr);
   return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
+
+/* What one chunk of a store of size bytes (shift), or of a clone of
+ * source if not NULL, costs beside its data (store_metadata after its
+ * first write), where the directory has one level.
+ */
+uint64_t
+helpers_chunk_header (uint64_t size, unsigned shift, struct store *source)
+{
+  struct store *s = source ? store_create_clone (source, NULL)
+                           : store_create (size, shift, NULL);
+  uint64_t header;
+
+  ck_assert_int_eq (store_write (s, "x", 1, 0), 0);
+  header = store_metadata (s);
+  store_destroy (s);
+  return header;
+}
+
+/* What s holds against its limit: data and chunk headers (I6). */
+uint64_t
+helpers_held (const struct store *s)
+{
+  return store_allocated (s) + store_metadata (s);
+}

@@ -63,6 +63,16 @@ extern bool helpers_same_bytes (struct store *a, struct store *b,
                                 uint64_t len, uint64_t off);
 extern bool helpers_same_extents (struct store *a, struct store *b);
 
+/* What s holds against its limit: data and chunk headers. */
+extern uint64_t helpers_held (const struct store *s);
+
+/* What one chunk of a store of size bytes (shift), or of a clone of
+ * source if not NULL, costs beside its data, where the store's
+ * directory has one level.
+ */
+extern uint64_t helpers_chunk_header (uint64_t size, unsigned shift,
+                                      struct store *source);
+
 /* This process. */
 extern uint64_t helpers_rss_bytes (void);
 

@@ -160,14 +160,15 @@ START_TEST (test_zero_releases)
   helpers_fill (buf, 4 * MiB, MiB, 3);
   ck_assert_int_eq (store_write (s, buf, 4 * MiB, MiB), 0);
   ck_assert_uint_eq (store_allocated (s), 4 * MiB);
-  ck_assert_uint_eq (atomic_load (&limit.used), 4 * MiB);
+  ck_assert_uint_eq (atomic_load (&limit.used), 4 * MiB + store_metadata (s));
   /* Zero from mid-page in chunk 1 to mid-page in chunk 4: chunks 2
    * and 3 are released whole, and the whole pages of chunk 1; what
    * stays is the first page of chunk 1 and all of chunk 4.
    */
   ck_assert_int_eq (store_zero (s, 3 * MiB, MiB + 100), 0);
   ck_assert_uint_eq (store_allocated (s), STORE_PAGE + MiB);
-  ck_assert_uint_eq (atomic_load (&limit.used), STORE_PAGE + MiB);
+  ck_assert_uint_eq (atomic_load (&limit.used),
+                     STORE_PAGE + MiB + store_metadata (s));
   ck_assert_int_eq (store_read (s, out, 4 * MiB, MiB), 0);
   ck_assert (helpers_holds (out, 100, MiB, 3));
   ck_assert (helpers_all_zero (out + 100, 3 * MiB));
@@ -261,20 +262,27 @@ START_TEST (test_extents_stop)
 }
 END_TEST
 
-/* Two stores share a cap: a write past it fails whole with ENOSPC. */
+/* Two stores share a cap: a write past it fails whole with ENOSPC.
+ * The cap holds 16 pages and the headers of the three chunks that get
+ * data before it is reached (one directory level: no node to add).
+ */
 START_TEST (test_memory_cap)
 {
-  struct store_limit limit = { .max = 16 * STORE_PAGE };
-  struct store *a = store_create (GiB, 16, &limit);
-  struct store *b = store_create (GiB, 16, &limit);   /* shares the cap */
+  uint64_t header = helpers_chunk_header (32 * MiB, 16, NULL);
+  struct store_limit limit = { .max = 16 * STORE_PAGE + 3 * header };
+  struct store *a = store_create (32 * MiB, 16, &limit);
+  struct store *b = store_create (32 * MiB, 16, &limit);   /* shares the cap */
   unsigned char *buf = malloc (64 * KiB), *out = malloc (64 * KiB);
 
+  ck_assert_uint_lt (header, STORE_PAGE);
   helpers_fill (buf, 64 * KiB, 0, 9);
   ck_assert_int_eq (store_write (a, buf, 40 * KiB, 0), 0);       /* 10 pages */
   ck_assert_int_eq (store_write (b, buf, 16 * KiB, MiB), 0);     /* 4 pages */
-  /* 3 new pages do not fit in the 2 left: refused, nothing written. */
+  /* 3 new pages and a chunk do not fit in the 2 pages and one header
+   * left: refused, nothing written.
+   */
   errno = 0;
-  ck_assert_int_eq (store_write (a, buf, 12 * KiB, 100 * MiB), -1);
+  ck_assert_int_eq (store_write (a, buf, 12 * KiB, 10 * MiB), -1);
   ck_assert_int_eq (errno, ENOSPC);
   ck_assert_uint_eq (store_chunks (a), 1);      /* not even a chunk */
   /* A write overlapping held pages and new ones is refused whole. */
@@ -284,20 +292,21 @@ START_TEST (test_memory_cap)
   ck_assert_int_eq (store_read (a, out, 64 * KiB, 0), 0);
   ck_assert (helpers_holds (out, 40 * KiB, 0, 9));
   ck_assert (helpers_all_zero (out + 40 * KiB, 24 * KiB));
-  ck_assert_int_eq (store_read (a, out, 12 * KiB, 100 * MiB), 0);
+  ck_assert_int_eq (store_read (a, out, 12 * KiB, 10 * MiB), 0);
   ck_assert (helpers_all_zero (out, 12 * KiB));
   /* Overwrites and zero data still work at the cap. */
   ck_assert_int_eq (store_write (a, buf, 40 * KiB, 0), 0);
   memset (out, 0, 64 * KiB);
-  ck_assert_int_eq (store_write (a, out, 64 * KiB, 200 * MiB), 0);
+  ck_assert_int_eq (store_write (a, out, 64 * KiB, 20 * MiB), 0);
   /* The 2 pages left fit. */
-  ck_assert_int_eq (store_write (a, buf, 8 * KiB, 300 * MiB), 0);
-  ck_assert_uint_eq (atomic_load (&limit.used), 16 * STORE_PAGE);
+  ck_assert_int_eq (store_write (a, buf, 8 * KiB, 30 * MiB), 0);
+  ck_assert_uint_eq (atomic_load (&limit.used), 16 * STORE_PAGE + 3 * header);
+  ck_assert_uint_eq (store_metadata (a) + store_metadata (b), 3 * header);
   ck_assert_int_eq (store_write (b, buf, 1, 0), -1);
   /* Releasing memory lets writes in again. */
   ck_assert_int_eq (store_zero (b, 16 * KiB, MiB), 0);
-  ck_assert_int_eq (store_write (a, buf, 12 * KiB, 100 * MiB), 0);
-  ck_assert_int_eq (store_read (a, out, 12 * KiB, 100 * MiB), 0);
+  ck_assert_int_eq (store_write (a, buf, 12 * KiB, 10 * MiB), 0);
+  ck_assert_int_eq (store_read (a, out, 12 * KiB, 10 * MiB), 0);
   ck_assert (helpers_holds (out, 12 * KiB, 0, 9));
   store_destroy (a);
   store_destroy (b);
@@ -394,7 +403,7 @@ START_TEST (test_threads_disjoint)
     ck_assert (helpers_holds (out, SLICE, off, 6));
   }
   ck_assert_uint_eq (store_data (s), 32 * MiB);
-  ck_assert_uint_eq (atomic_load (&limit.used), store_allocated (s));
+  ck_assert_uint_eq (atomic_load (&limit.used), helpers_held (s));
   store_destroy (s);
   ck_assert_uint_eq (atomic_load (&limit.used), 0);
 }
@@ -434,6 +443,7 @@ START_TEST (test_fill)
   struct fill_src src = { .data = img, .size = size };
   struct store *s, *base;
   struct helpers_extent_list l = { 0 };
+  uint64_t header;
 
   helpers_fill_text (img, MiB, 9);                      /* 1 MiB of data */
   helpers_fill_random (img + 2 * MiB, 8192, 10);  /* two pages, then holes */
@@ -447,7 +457,7 @@ START_TEST (test_fill)
     ck_assert_int_eq (store_read (s, out, size, 0), 0);
     ck_assert (memcmp (out, img, size) == 0);
     ck_assert_uint_eq (store_data (s), MiB + 3 * STORE_PAGE);
-    ck_assert_uint_eq (atomic_load (&limit.used), store_allocated (s));
+    ck_assert_uint_eq (atomic_load (&limit.used), helpers_held (s));
     l.n = 0;
     ck_assert_int_eq (store_extents (s, size, 0, helpers_collect_extent,
                                      &l), 0);
@@ -468,13 +478,17 @@ START_TEST (test_fill)
   ck_assert_int_eq (store_fill (s, 2 * size, 0, fill_from, &src), -1);
   ck_assert_int_eq (errno, EIO);
   ck_assert_uint_eq (store_data (s), MiB + 3 * STORE_PAGE);
-  ck_assert_uint_eq (atomic_load (&limit.used), store_allocated (s));
+  ck_assert_uint_eq (atomic_load (&limit.used), helpers_held (s));
   store_destroy (s);
-  /* At a cap too small for a whole piece, the exact write rules apply. */
-  limit.max = MiB + 3 * STORE_PAGE;
+  /* At a cap too small for a whole piece, the exact write rules apply:
+   * the data and the headers of its three chunks fit exactly.
+   */
+  header = helpers_chunk_header (size, 20, NULL);
+  limit.max = MiB + 3 * STORE_PAGE + 3 * header;
   s = store_create (size, 20, &limit);
   ck_assert_int_eq (store_fill (s, size, 0, fill_from, &src), 0);
-  ck_assert_uint_eq (atomic_load (&limit.used), MiB + 3 * STORE_PAGE);
+  ck_assert_uint_eq (atomic_load (&limit.used),
+                     MiB + 3 * STORE_PAGE + 3 * header);
   ck_assert_int_eq (store_read (s, out, size, 0), 0);
   ck_assert (memcmp (out, img, size) == 0);
   store_destroy (s);
