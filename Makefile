@@ -34,7 +34,7 @@ UNIT_TESTS  := test-store
 obj = $(patsubst plugin/%.c,$(BUILD)/%.o,$(1))
 
 .PHONY: all deps deps-check check run install uninstall clean bench fuzz \
-        unit shell-tests
+        unit shell-tests print-store-srcs
 
 all: memblock.so nbdkit-memblock.1
 
@@ -75,6 +75,10 @@ run: deps
 bench: deps-check
 	$(MAKE) all
 	sh bench/run.sh
+
+# The store's sources, for bench/run.sh's in-process store bench.
+print-store-srcs:
+	@echo $(STORE_SRCS)
 
 # Sanitizer, fuzzing and valgrind targets live beside the tests.
 include tests/reliability.mk

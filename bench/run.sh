@@ -133,12 +133,12 @@ fi
 
 began=$(date +%s)
 load=$(cut -d' ' -f1-3 /proc/loadavg)
-# The store's sources and libraries, as the Makefile's STORE_SRCS.
+# The store's sources (the Makefile's STORE_SRCS) and libraries.
 codec_libs=$(pkg-config --libs libzstd liblz4)
+store_srcs=$(make -s --no-print-directory print-store-srcs)
 part build-store-bench /dev/null \
     ${CC:-gcc} -std=gnu11 -Wall -Wextra -Werror -O2 -g -pthread -Iplugin \
-    -o "$out/store-bench" bench/store-bench.c \
-    plugin/store.c plugin/chunkdir.c plugin/arena.c plugin/codec.c $codec_libs
+    -o "$out/store-bench" bench/store-bench.c $store_srcs $codec_libs
 part store-ram "$out/store-ram.txt" \
     "$out/store-bench" $store_args -m "$store_ram"
 part store-cache "$out/store-cache.txt" "$out/store-bench" $store_args -m 4
