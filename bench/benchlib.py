@@ -447,6 +447,27 @@ def make_image(img, stamp, want, size, limit):
     return desc
 
 
+# ---------------------------------------------------------------- store-bench
+
+def parse_store_bench(text):
+    """store-bench's output: ({(op, bs, threads, variant): (GiB/s, CPUs,
+    [GiB/s per run, with -p])}, {codec: (data bytes, held bytes)} with -c,
+    the file the stores were filled with ("text" if none, None without
+    -c)).  Raises ValueError on a malformed figure."""
+    figures, held, data = {}, {}, None
+    for line in text.splitlines():
+        p = line.split()
+        if len(p) in (6, 7) and p[2].isdigit():
+            figures[(p[0], p[1], int(p[2]), p[3])] = (
+                float(p[4]), float(p[5]),
+                [float(x) for x in p[6].split(",")] if len(p) == 7 else [])
+        elif len(p) == 4 and p[0] == "held":
+            held[p[1]] = (int(p[2]), int(p[3]))
+        elif p and p[0] == "data":
+            data = line.split(None, 1)[1].strip()
+    return figures, held, data
+
+
 # ---------------------------------------------------------------- misc
 
 def median(xs):
