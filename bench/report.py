@@ -2,15 +2,16 @@
 # memblock benchmarks: the result tables, ratios and target verdicts.
 #
 # Reads what fio-bench.py, sparse-bench.py, clone-bench.py,
-# compress-bench.py, store-bench and store-fix.py wrote into the results
-# directory and prints medians of every figure, the ratios of memblock to
-# nbdkit memory (sparse), memory allocator=malloc and null, memblock
-# clones beside full copies and qemu-storage-daemon, compressed memblock
-# beside memory allocator=zstd, the store before and after the write/trim
-# race fix, and a met/MISSED line per target.  Each section declares
-# its targets as data (Target: name, figure, comparison, threshold);
-# Report.judge prints and judges them all.  Exits 1 if a part's results
-# are missing or incomplete; with --strict, also if a target is missed.
+# compress-bench.py, store-bench and store-compare.py wrote into the
+# results directory and prints medians of every figure, the ratios of
+# memblock to nbdkit memory (sparse), memory allocator=malloc and null,
+# memblock clones beside full copies and qemu-storage-daemon, compressed
+# memblock beside memory allocator=zstd, the store of a baseline commit
+# beside the current one, and a met/MISSED line per target.  Each
+# section declares its targets as data (Target: name, figure, comparison,
+# threshold); Report.judge prints and judges them all.  Exits 1 if a
+# part's results are missing or incomplete; with --strict, also if a
+# target is missed.
 
 import argparse
 import collections
@@ -662,40 +663,71 @@ def store_codec_section(r, resdir):
     r.out()
 
 
-def store_fix_section(r, d):
-    title = ("Cost of the write/trim race fix: in-process store GiB/s, "
-             "before (2a0de16) and after")
+BASELINE_AHEAD = 0.97          # after/before: no slower than the baseline
+
+
+def store_compare_section(r, d, compressed):
+    """The store of a baseline commit beside the current one:
+    store-compare.py's results with store-bench -s (a target per figure)
+    or -c (compressed: reported)."""
+    baseline = (d or {}).get("baseline", "the baseline")
+    title = "The store at %s beside the current one%s" % (
+        baseline, ", compressed" if compressed else "")
     if d is None:
-        r.missing(title, "store-fix")
+        r.missing(title, "store-compare" + (" codec" if compressed else ""))
         return
     if "skipped" in d:
         r.out(title + ": skipped (%s)" % d["skipped"])
         r.out()
         return
     figs, n = d["figures"], d["rounds"]
-    r.out(title)
-    r.out("(the working tree's store), store-bench %s, one run per round "
-          "and build," % " ".join(d["args"]))
+    variants = d["variants"] if compressed else ["store"]
+    r.out(title + ": in-process GiB/s")
+    r.out("before: the store at %s, after: the working tree's; one run per "
+          "round and build of" % baseline)
+    r.out("  store-bench " + " ".join(os.path.basename(a) for a in d["args"]))
     r.out("builds alternating (and which goes first), median of %d rounds; "
           "after/before: median" % n)
     r.out("of the rounds' own ratios.  CPUs: CPU time / wall time the "
           "2-thread runs got.")
-    r.out("%-6s %-3s %3s %8s %8s %12s %11s  %s" %
-          ("op", "bs", "thr", "before", "after", "after/before", "CPUs b/a",
-           "per round: before | after"))
+    if compressed:
+        held = d.get("held", {})
+        r.out("after/before reported: no targets.  Held / data after the "
+              "fill, before | after:")
+        for v in variants:
+            r.out("  %-6s %s" % (v, " | ".join(
+                "%.1f / %.1f MiB = %.3f" % (h[1] / bl.MiB, h[0] / bl.MiB,
+                                            ratio(h[1], h[0]))
+                for h in (held.get(b, {}).get(v, (0, 0))
+                          for b in ("before", "after")))))
+    name = ("%-6s" % "codec") if compressed else ""
+    r.out("%-6s %-3s %3s %s%8s %8s %12s %11s  %s" %
+          ("op", "bs", "thr", name, "before", "after", "after/before",
+           "CPUs b/a", "per round: before | after"))
+    fmt = "%.3f" if compressed else "%.2f"
     for op, bs, t in STORE_FIGURES:
-        f = figs.get("%s %s %d" % (op, bs, t))
-        if f is None or len(f.get("before", [])) < n or \
-                len(f.get("after", [])) < n:
-            r.incomplete.append("store-fix %s %s %d" % (op, bs, t))
-            r.out("%-6s %-3s %3d %8s" % (op, bs, t, "missing"))
-            continue
-        b, a = f["before"], f["after"]
-        r.out("%-6s %-3s %3d %8.2f %8.2f %12.2f %5.2f/%.2f  %s | %s" %
-              (op, bs, t, bl.median(b), bl.median(a),
-               bl.median([ratio(y, x) for x, y in zip(b, a)]),
-               bl.median(f["cpus_before"]), bl.median(f["cpus_after"]),
-               per_round(b), per_round(a)))
+        for v in variants:
+            f = figs.get("%s %s %d %s" % (op, bs, t, v), {})
+            b, a = f.get("before", []), f.get("after", [])
+            label = "%-6s %-3s %3d %s" % (op, bs, t,
+                                          ("%-6s" % v) if compressed else "")
+            after_before = float("nan")
+            if len(b) < n or len(a) < n:
+                r.incomplete.append("store-compare %s %s %d %s" %
+                                    (op, bs, t, v))
+                r.out("%s%8s" % (label, "missing"))
+            else:
+                after_before = bl.median([ratio(y, x) for x, y in zip(b, a)])
+                r.out("%s%8s %8s %12.2f %5.2f/%.2f  %s | %s" %
+                      (label, fmt % bl.median(b), fmt % bl.median(a),
+                       after_before, bl.median(f["cpus_before"]),
+                       bl.median(f["cpus_after"]), per_round(b, fmt),
+                       per_round(a, fmt)))
+            if not compressed:
+                r.targets.append(Target(
+                    "store at %s: %s %s %d thread%s after/before" %
+                    (baseline, op, bs, t, "s" if t > 1 else ""),
+                    after_before, ">=", BASELINE_AHEAD))
     r.out()
 
 
@@ -718,7 +750,8 @@ def main():
     compress_section(r, results("compress.json"))
     store_section(r, args.dir)
     store_codec_section(r, args.dir)
-    store_fix_section(r, results("store-fix.json"))
+    store_compare_section(r, results("store-compare.json"), False)
+    store_compare_section(r, results("store-compare-codec.json"), True)
     missed = r.judge()
     if r.incomplete:
         r.out("INCOMPLETE: " + ", ".join(r.incomplete))
