@@ -491,16 +491,18 @@ def compress_section(r, d):
            img["nonzero"] / bl.MiB))
     r.out("loaded with nbdcopy into an empty device of its size, then read "
           "back with nbdcopy to null:")
-    r.out("(both skip holes).  Memory: VmRSS after the load minus VmRSS of "
-          "the same server just")
-    r.out("before it (empty, after 4 connections read from it).  Unpinned; "
-          "median of %s," % rounds(n))
+    r.out("(both skip holes).  RSS: the server's VmRSS after the load minus "
+          "its VmRSS just before it")
+    r.out("(empty, after 4 connections read from it), each read with no "
+          "connection open; store: what")
+    r.out("memblock counts it holds (nbdinfo --list, to 2-3 digits).  "
+          "Unpinned; median of %s," % rounds(n))
     r.out("order rotated each round%s." %
           ("; every read-back compared with the image" if d.get("verified")
            else ""))
-    r.out("%-16s %10s %7s %7s %7s %9s %9s %11s" %
-          ("server", "memory MiB", "/ data", "load s", "read s", "load MB/s",
-           "read MB/s", "srv CPUs"))
+    r.out("%-16s %8s %9s %9s %7s %7s %7s %9s %9s %11s" %
+          ("server", "RSS MiB", "store MiB", "RSS/store", "/ data", "load s",
+           "read s", "load MB/s", "read MB/s", "srv CPUs"))
     med = {}
     ld = d["load"]
     for key, label in COMPRESS_LABELS:
@@ -509,17 +511,20 @@ def compress_section(r, d):
         if len(xs) < n:
             r.incomplete.append("compress load " + key)
         if not xs:
-            r.out("%-16s %10s" % (label, "missing"))
+            r.out("%-16s %8s" % (label, "missing"))
             continue
         m = med[key]
+        held = bl.median([x["store_held"] for x in xs if "store_held" in x])
         cpus = [bl.median([x[k + "_cpu_s"] / x[k + "_s"] for x in xs])
                 for k in ("load", "read")]
-        r.out("%-16s %10.1f %7.3f %7.2f %7.2f %9.0f %9.0f %5.2f/%.2f" %
-              (label, m["mem"] / bl.MiB, ratio(m["mem"], img["nonzero"]),
-               m["load_s"], m["read_s"],
+        r.out("%-16s %8.1f %9s %9s %7.3f %7.2f %7.2f %9.0f %9.0f %5.2f/%.2f" %
+              (label, m["mem"] / bl.MiB,
+               "-" if math.isnan(held) else "%.1f" % (held / bl.MiB),
+               "-" if math.isnan(held) else "%.3f" % ratio(m["mem"], held),
+               ratio(m["mem"], img["nonzero"]), m["load_s"], m["read_s"],
                ratio(img["nonzero"] / 1e6, m["load_s"]),
                ratio(img["nonzero"] / 1e6, m["read_s"]), cpus[0], cpus[1]))
-    r.out("(/ data: memory / the image's non-zero 4 KiB pages; MB/s: those "
+    r.out("(/ data: RSS / the image's non-zero 4 KiB pages; MB/s: those "
           "pages' bytes / s;")
     r.out("srv CPUs: the server's CPU time / wall time during the load / the "
           "read-back)")
@@ -527,7 +532,7 @@ def compress_section(r, d):
     for key, label in COMPRESS_LABELS:
         xs = ld.get(key, [])
         if xs:
-            r.out("  %-16s memory MiB %s; load s %s; read s %s" %
+            r.out("  %-16s RSS MiB %s; load s %s; read s %s" %
                   (label, per_round([x["mem"] / bl.MiB for x in xs], "%.0f"),
                    per_round([x["load_s"] for x in xs]),
                    per_round([x["read_s"] for x in xs])))
@@ -546,7 +551,7 @@ def compress_section(r, d):
         xs = {x["round"]: x[k] for x in ld.get(b, [])}
         return per_round([ratio(y[k], xs.get(y["round"]))
                           for y in ld.get(a, [])])
-    r.out("Ratios of medians (and each round's own):  memory   load   read")
+    r.out("Ratios of medians (and each round's own):     RSS   load   read")
     for a, b, label in (("memblock-zstd", "memory-zstd",
                          "memblock zstd / memory zstd"),
                         ("memblock-lz4", "memblock",

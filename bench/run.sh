@@ -14,9 +14,10 @@
 #             nbdcopy                                         (clone-bench.py)
 #   compress  the golden image loaded with nbdcopy into memblock,
 #             memblock compress=zstd and lz4, nbdkit memory allocator=zstd
-#             and sparse, and read back: memory held, load and read-back
-#             times; then fio 4 KiB random read/write on the loaded
-#             devices                                      (compress-bench.py)
+#             and sparse, and read back: memory held (RSS growth, read
+#             with no connection open, beside the store's own count),
+#             load and read-back times; then fio 4 KiB random read/write
+#             on the loaded devices                        (compress-bench.py)
 #   store     in-process store GiB/s beside memcpy and a global mutex;
 #             the store compressed (none/zstd/lz4) with the image's data;
 #             the store of a baseline commit (BENCH_BASELINE, default
