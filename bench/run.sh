@@ -35,7 +35,7 @@
 # A full run takes about 20 minutes on a busy 2-core machine (the clone
 # part about 2, plus 20 s the first time to make its image, kept in
 # $BENCH_OUT/clone/; compress and store-codec together about 3.5; the
-# baseline store comparisons about 2).  As root
+# baseline store comparisons about 1.5).  As root
 # it runs at nice -10 so that other work on the machine disturbs it less
 # (BENCH_NICE=0 turns it off).
 # Environment: BENCH_ROUNDS, BENCH_RUNTIME (seconds per fio run),
