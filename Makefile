@@ -92,6 +92,10 @@ bench: deps-check
 	$(MAKE) all
 	sh bench/run.sh
 
+# The store's sources, for bench/run.sh's in-process store bench.
+print-store-srcs:
+	@echo $(STORE_SRCS)
+
 # Sanitizer, fuzzing and valgrind targets live beside the tests.
 include tests/reliability.mk
 
@@ -102,10 +106,6 @@ install: all
 uninstall:
 	rm -f $(DESTDIR)$(PLUGINDIR)/nbdkit-memblock-plugin.so \
 	      $(DESTDIR)$(MANDIR)/man1/nbdkit-memblock.1
-
-# The store's sources, for bench/run.sh.
-print-store-srcs:
-	@echo $(STORE_SRCS)
 
 clean:
 	rm -rf build memblock.so nbdkit-memblock.1

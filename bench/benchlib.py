@@ -87,6 +87,8 @@ class Server:
             time.sleep(0.02)
         # taskset execs nbdkit, so the child's pid is nbdkit's.
         self.pid = self.proc.pid
+        # With the pidfile written nbdkit is up and has no connection yet.
+        self.idle_threads = proc_status(self.pid, "Threads")
 
     def export_uri(self, export):
         """The URI of one export (device) of this server."""
@@ -112,6 +114,21 @@ class Server:
     def rss(self):
         """Resident set size in bytes (VmRSS)."""
         return proc_rss(self.pid)
+
+    def idle_rss(self, timeout=30):
+        """VmRSS with no connection open.  nbdkit keeps each worker
+        thread's largest request buffer until the thread exits with its
+        connection: wait until the server has no more threads than at
+        start."""
+        deadline = time.monotonic() + timeout
+        while proc_status(self.pid, "Threads") > self.idle_threads:
+            if time.monotonic() > deadline:
+                raise RuntimeError("%s: still %d threads after %d s" %
+                                   (self.label,
+                                    proc_status(self.pid, "Threads"),
+                                    timeout))
+            time.sleep(0.005)
+        return self.rss()
 
     def set_cpus(self, cpulist):
         """Move every thread of the server to cpulist (new threads follow)."""
@@ -159,13 +176,18 @@ class Servers:
         shutil.rmtree(self.sockdir, ignore_errors=True)
 
 
-def proc_rss(pid):
-    """Resident set size of process pid in bytes (VmRSS)."""
+def proc_status(pid, field):
+    """The number on the field line of /proc/PID/status (kB for Vm*)."""
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * KiB
-    raise RuntimeError("no VmRSS for pid %d" % pid)
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError("no %s for pid %d" % (field, pid))
+
+
+def proc_rss(pid):
+    """Resident set size of process pid in bytes (VmRSS)."""
+    return proc_status(pid, "VmRSS") * KiB
 
 
 def wait_nbd(uri, proc=None, timeout=120):
@@ -445,6 +467,27 @@ def make_image(img, stamp, want, size, limit):
     write_json(stamp, desc)
     log("image %s: mkfs.ext4 took %.1f s" % (img, t2 - t1))
     return desc
+
+
+# ---------------------------------------------------------------- store-bench
+
+def parse_store_bench(text):
+    """store-bench's output: ({(op, bs, threads, variant): (GiB/s, CPUs,
+    [GiB/s per run, with -p])}, {codec: (data bytes, held bytes)} with -c,
+    the file the stores were filled with ("text" if none, None without
+    -c)).  Raises ValueError on a malformed figure."""
+    figures, held, data = {}, {}, None
+    for line in text.splitlines():
+        p = line.split()
+        if len(p) in (6, 7) and p[2].isdigit():
+            figures[(p[0], p[1], int(p[2]), p[3])] = (
+                float(p[4]), float(p[5]),
+                [float(x) for x in p[6].split(",")] if len(p) == 7 else [])
+        elif len(p) == 4 and p[0] == "held":
+            held[p[1]] = (int(p[2]), int(p[3]))
+        elif p and p[0] == "data":
+            data = line.split(None, 1)[1].strip()
+    return figures, held, data
 
 
 # ---------------------------------------------------------------- misc

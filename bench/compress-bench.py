@@ -10,13 +10,16 @@
 #            image's size; nbdcopy IMAGE into it ("load"), then nbdcopy of
 #            the device to null: ("read back"; nbdcopy skips the holes
 #            that block status reports, so both move the image's data).
-#            Memory held: the server's VmRSS after the load minus its
-#            VmRSS before it (the same process, started empty and warmed
-#            up with 4 connections reading, so that threads and malloc
-#            arenas are in the baseline); for memblock also the
-#            description nbdinfo --list gives the device.  Also the
-#            server's CPU seconds during each copy.  Unpinned; rounds in
-#            rotating order.
+#            Memory held, as the kernel counts it: the server's VmRSS
+#            after the load minus its VmRSS before it (the same process,
+#            started empty and warmed up with 4 connections reading, so
+#            that malloc arenas are in the baseline), each read with no
+#            connection open (nbdkit keeps each worker thread's largest
+#            request buffer until the connection closes); for memblock
+#            also the store's own count, from the description nbdinfo
+#            --list gives the device ("1.3 GiB of data in 470 MiB
+#            (zstd)").  Also the server's CPU seconds during each copy.
+#            Unpinned; rounds in rotating order.
 #   fio      4 KiB random read and random write, 1 and 4 connections, on
 #            the devices of the last load round (so still holding the
 #            image: reads decompress real data), every server pinned to
@@ -116,6 +119,25 @@ def description(server, export):
     return None
 
 
+UNITS = {"bytes": 1, "KiB": bl.KiB, "MiB": bl.MiB, "GiB": bl.GiB,
+         "TiB": bl.TiB, "PiB": bl.TiB << 10, "EiB": bl.TiB << 20}
+
+
+def store_count(desc):
+    """(bytes of data, bytes held) by memblock's count, from its export
+    description: "..., 16.5 MiB in memory" (then data is what it holds)
+    or "..., 16.5 MiB of data in 2.3 MiB (zstd)"; to 2 or 3 digits."""
+    def amount(s):
+        n, unit = s.split()
+        return int(float(n) * UNITS[unit])
+    last = desc.rsplit(", ", 1)[-1]
+    if " of data in " in last:
+        data, held = last.split(" of data in ")
+        return amount(data), amount(held.split(" (")[0])
+    held = amount(last[:-len(" in memory")])
+    return held, held
+
+
 def verify(server, img):
     """The device reads back as the image, byte for byte."""
     with subprocess.Popen(["nbdcopy", server.uri, "-"],
@@ -136,16 +158,16 @@ def load_round(servers, args, img, size, rnd, keep, result):
         s = servers.start(label, setups[label](size))
         bl.wait_nbd(s.uri, s.proc)
         warm(s.uri)
-        base = s.rss()
+        base = s.idle_rss()
         c0 = s.cpu_seconds()
         load_s = nbdcopy(img, s.uri)
         c1 = s.cpu_seconds()
-        rss_load = s.rss()
+        rss_load = s.idle_rss()
         desc = description(s, "d") if label.startswith("memblock") else None
         c2 = s.cpu_seconds()
         read_s = nbdcopy(s.uri, "null:")
         c3 = s.cpu_seconds()
-        rss_read = s.rss()
+        rss_read = s.idle_rss()
         if args.verify:
             verify(s, img)
         if not s.alive():
@@ -154,10 +176,12 @@ def load_round(servers, args, img, size, rnd, keep, result):
                "mem": rss_load - base, "rss_read": rss_read,
                "load_s": load_s, "read_s": read_s, "description": desc,
                "load_cpu_s": c1 - c0, "read_cpu_s": c3 - c2}
+        if desc:
+            smp["store_data"], smp["store_held"] = store_count(desc)
         result["load"].setdefault(label, []).append(smp)
         bl.log("load round %d/%d %-14s load %6.2f s (server CPU %5.2f s), "
-               "read back %6.2f s (%5.2f s), memory %7.1f MiB (base %.1f, "
-               "after read %.1f)%s" %
+               "read back %6.2f s (%5.2f s), RSS growth %7.1f MiB (base "
+               "%.1f, after read %.1f)%s" %
                (rnd + 1, args.rounds, label, load_s, c1 - c0, read_s, c3 - c2,
                 smp["mem"] / bl.MiB, base / bl.MiB,
                 (rss_read - base) / bl.MiB,
@@ -182,7 +206,7 @@ def fio_part(srv, args, work, result):
                "rss_before": {}, "rss_after": {}})
     for label in FIO_SERVERS:
         srv[label].set_cpus(str(srv_cpu))
-        fr["rss_before"][label] = srv[label].rss()
+        fr["rss_before"][label] = srv[label].idle_rss()
     for rnd in range(args.fio_rounds):
         order = rotate(FIO_SERVERS, rnd)
         bl.log("fio round %d/%d, order %s" %
@@ -201,7 +225,7 @@ def fio_part(srv, args, work, result):
                         100 * s["fio_cpu_s"] / s["wall_s"]))
         bl.write_json(args.out, result)
     for label in FIO_SERVERS:
-        fr["rss_after"][label] = srv[label].rss()
+        fr["rss_after"][label] = srv[label].idle_rss()
         fr.setdefault("description_after", {})[label] = \
             description(srv[label], "d") if label.startswith("memblock") \
             else None

@@ -2,18 +2,22 @@
 # memblock benchmarks: the result tables, ratios and target verdicts.
 #
 # Reads what fio-bench.py, sparse-bench.py, clone-bench.py,
-# compress-bench.py, store-bench and store-fix.py wrote into the results
-# directory and prints medians of every figure, the ratios of memblock to
-# nbdkit memory (sparse), memory allocator=malloc and null, memblock
-# clones beside full copies and qemu-storage-daemon, compressed memblock
-# beside memory allocator=zstd, the store before and after the write/trim
-# race fix, and a met/MISSED line per target.  Exits 1 if a
+# compress-bench.py, store-bench and store-compare.py wrote into the
+# results directory and prints medians of every figure, the ratios of
+# memblock to nbdkit memory (sparse), memory allocator=malloc and null,
+# memblock clones beside full copies and qemu-storage-daemon, compressed
+# memblock beside memory allocator=zstd, the store of a baseline commit
+# beside the current one, and a met/MISSED line per target.  Each
+# section declares its targets as data (Target: name, figure, comparison,
+# threshold); Report.judge prints and judges them all.  Exits 1 if a
 # part's results are missing or incomplete; with --strict, also if a
 # target is missed.
 
 import argparse
+import collections
 import json
 import math
+import operator
 import os
 import sys
 
@@ -23,24 +27,54 @@ import benchlib as bl  # noqa: E402
 STORE_SETS = (("ram", "256 MiB per thread (DRAM)"),
               ("cache", "4 MiB per thread (fits the L3 cache)"))
 MUTEX_AHEAD = 1.2               # "clearly ahead" of the global mutex
+# store-bench's figures: (op, bs, threads), in its order; (op, bs).
+STORE_OPS = tuple((op, bs) for op in ("read", "write") for bs in ("4k", "1m"))
+STORE_FIGURES = tuple((op, bs, t) for op, bs in STORE_OPS for t in (1, 2))
+
+# A target: figure (None or NaN if it could not be computed) compared
+# ("<=" or ">=") with threshold; printed as "NAME CMP THRESHOLD".
+Target = collections.namedtuple("Target", "name figure cmp threshold fmt",
+                                defaults=("%.2f",))
+MEETS = {">=": operator.ge, "<=": operator.le}
 
 
 class Report:
     def __init__(self):
         self.lines = []
-        self.targets = []       # (description, value text, met)
+        self.targets = []       # Target
         self.incomplete = []
 
     def out(self, s=""):
         self.lines.append(s)
 
-    def target(self, what, value, limit, higher_better, fmt="%.2f"):
-        if value is None or math.isnan(value):
-            self.targets.append((what, "n/a", False))
-            self.incomplete.append(what)
-            return
-        met = value >= limit if higher_better else value <= limit
-        self.targets.append((what, fmt % value, met))
+    def missing(self, title, what):
+        """A section without results."""
+        self.out(title + ": MISSING")
+        self.incomplete.append(what)
+        self.out()
+
+    def judge(self):
+        """Print every target with its figure and verdict; returns how
+        many were missed."""
+        rows = []
+        for t in self.targets:
+            what = "%s %s %s" % (t.name, t.cmp, t.threshold)
+            if t.figure is None or math.isnan(t.figure):
+                rows.append((what, "n/a", False))
+                self.incomplete.append(what)
+            else:
+                rows.append((what, t.fmt % t.figure,
+                             MEETS[t.cmp](t.figure, t.threshold)))
+        self.out("Targets")
+        width = max((len(w) for w, _, _ in rows), default=10)
+        for what, value, met in rows:
+            self.out("%-*s %8s  %s" % (width, what, value,
+                                       "met" if met else "MISSED"))
+        missed = sum(1 for _, _, met in rows if not met)
+        self.out()
+        self.out("%d of %d targets met, %d missed" %
+                 (len(rows) - missed, len(rows), missed))
+        return missed
 
 
 def load_json(path):
@@ -55,6 +89,20 @@ def ratio(a, b):
     if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
         return float("nan")
     return a / b
+
+
+def spread(xs):
+    """(max - min) / median of xs, in per cent."""
+    med = bl.median(xs)
+    return 100 * (max(xs) - min(xs)) / med if med else 0
+
+
+def rounds(n):
+    return "%d round%s" % (n, "s" if n > 1 else "")
+
+
+def per_round(xs, fmt="%.2f"):
+    return " ".join(fmt % x for x in xs)
 
 
 def fio_workloads(d, mode):
@@ -72,23 +120,21 @@ def fio_medians(d, mode):
             xs = d[mode].get(w, {}).get(s, [])
             if not xs:
                 continue
-            mibs = [x["mibs"] for x in xs]
-            med = bl.median(mibs)
-            spread = 100 * (max(mibs) - min(mibs)) / med if med else 0
-            m.setdefault(w, {})[s] = (med, bl.median([x["iops"] for x in xs]),
-                                      bl.median([x["cpu_per_gib"]
-                                                 for x in xs]),
-                                      spread, len(xs),
-                                      100 * bl.median([x["cpu_s"] /
-                                                       x["wall_s"]
-                                                       for x in xs]),
-                                      100 * bl.median([x["fio_cpu_s"] /
-                                                       x["wall_s"]
-                                                       for x in xs]))
+
+            def med(f):
+                return bl.median([f(x) for x in xs])
+            m.setdefault(w, {})[s] = (
+                med(lambda x: x["mibs"]), med(lambda x: x["iops"]),
+                med(lambda x: x["cpu_per_gib"]),
+                spread([x["mibs"] for x in xs]), len(xs),
+                100 * med(lambda x: x["cpu_s"] / x["wall_s"]),
+                100 * med(lambda x: x["fio_cpu_s"] / x["wall_s"]))
     return m
 
 
 def fio_table(r, d, mode, title, want_rounds):
+    """The table of one mode and its ratios: {workload: (MiB/s /memory,
+    /malloc, /null, CPU s/GiB /memory)}."""
     m = fio_medians(d, mode)
     r.out(title)
     r.out("%-16s %-9s %10s %10s %10s %7s %5s %5s" %
@@ -113,36 +159,57 @@ def fio_table(r, d, mode, title, want_rounds):
     for w in fio_workloads(d, mode):
         v = m.get(w, {})
 
-        def get(s, k):
-            return v[s][k] if s in v else None
-        rw = (ratio(get("memblock", 0), get("memory", 0)),
-              ratio(get("memblock", 0), get("malloc", 0)),
-              ratio(get("memblock", 0), get("null", 0)),
-              ratio(get("memblock", 2), get("memory", 2)))
-        ratios[w] = rw
-        r.out("%-16s %10.2f %10.2f %10.2f %14.2f" % ((w,) + rw))
+        def rat(s, k):
+            return ratio(v["memblock"][k] if "memblock" in v else None,
+                         v[s][k] if s in v else None)
+        ratios[w] = (rat("memory", 0), rat("malloc", 0), rat("null", 0),
+                     rat("memory", 2))
+        r.out("%-16s %10.2f %10.2f %10.2f %14.2f" % ((w,) + ratios[w]))
     r.out()
     return ratios
 
 
-def fio_targets(r, ratios):
-    for w, (vmem, vmal, vnull, vcpu) in ratios.items():
-        r.target("pinned %s MiB/s memblock/memory >= 1.05" % w, vmem, 1.05,
-                 True)
-        r.target("pinned %s MiB/s memblock/malloc >= 1.0" % w, vmal, 1.0,
-                 True)
-        if w.startswith("4k"):
-            r.target("pinned %s MiB/s memblock/null >= 0.9" % w, vnull, 0.9,
-                     True)
-        r.target("pinned %s CPU s/GiB memblock/memory <= 0.95" % w, vcpu,
-                 0.95, False)
+# Per pinned workload: (index in fio_table's ratios, what, comparison,
+# threshold, only for workloads starting with).
+FIO_TARGETS = ((0, "MiB/s memblock/memory", ">=", 1.05, ""),
+               (1, "MiB/s memblock/malloc", ">=", 1.0, ""),
+               (2, "MiB/s memblock/null", ">=", 0.9, "4k"),
+               (3, "CPU s/GiB memblock/memory", "<=", 0.95, ""))
+
+
+def fio_section(r, d):
+    if d is None:
+        r.missing("fio", "fio")
+        return
+    r.out("fio over NBD: %d MiB devices prefilled with data, %.1f s per "
+          "run, server CPU %d, fio CPU %d" %
+          (d["size"] // bl.MiB, d["runtime"], d["server_cpu"],
+           d["client_cpu"]))
+    r.out("(spread: (max-min)/median of the MiB/s samples; srv, fio: "
+          "CPU time / wall time of the server, of fio)")
+    r.out()
+    ratios = fio_table(r, d, "pinned", "Pinned, median of %d rounds, order "
+                       "rotated each round" % d["rounds"], d["rounds"])
+    n = d.get("unpinned_rounds", 1)
+    fio_table(r, d, "unpinned", "Unpinned, for reference, median of " +
+              rounds(n), n)
+    if "rss_after_prefill" in d:
+        r.out("Server RSS, MiB: at start / after prefilling the %d MiB "
+              "device" % (d["size"] // bl.MiB))
+        r.out("  " + ", ".join("%s %.0f / %.0f" %
+                               (s, d["rss_at_start"][s] / bl.MiB,
+                                d["rss_after_prefill"][s] / bl.MiB)
+                               for s in d["servers"]))
+        r.out()
+    for w, rw in ratios.items():
+        r.targets += [Target("pinned %s %s" % (w, what), rw[i], cmp, limit)
+                      for i, what, cmp, limit, only in FIO_TARGETS
+                      if w.startswith(only)]
 
 
 def sparse_section(r, d):
     if d is None:
-        r.out("Sparse work and memory: MISSING")
-        r.incomplete.append("sparse")
-        r.out()
+        r.missing("Sparse work and memory", "sparse")
         return
     r.out("RSS amplification: %d random 4 KiB writes into a 4 GiB device" %
           d["rss"]["memblock"]["writes"])
@@ -178,32 +245,29 @@ def sparse_section(r, d):
         r.out("%-9s %10.3f %10d %10d %10.3f" %
               (s, walk[s][0], xs[0]["walk_requests"], xs[0]["walk_extents"],
                walk[s][1]))
-    r.out("%-9s %10.2f %21s %10.2f" %
-          ("ratio", ratio(walk["memblock"][0], walk["memory"][0]), "",
-           ratio(walk["memblock"][1], walk["memory"][1])))
+    walk_ratio, zero_ratio = (ratio(walk["memblock"][i], walk["memory"][i])
+                              for i in (0, 1))
+    r.out("%-9s %10.2f %21s %10.2f" % ("ratio", walk_ratio, "", zero_ratio))
     r.out()
 
     mb = d["rss"]["memblock"]
-    r.target("RSS amplification <= 1.1", mb["amplification"], 1.1, False,
-             "%.3f")
-    r.target("RSS growth reading unwritten blocks <= 1% of them (KiB)",
-             mb["read_growth"] / bl.KiB, mb["bytes"] / 100 / bl.KiB, False,
-             "%.0f")
-    r.target("extent precision <= 1.1x", d["extents"]["memblock"]["precision"],
-             1.1, False, "%.3f")
-    r.target("1 TiB block-status walk memblock/memory <= 0.5",
-             ratio(walk["memblock"][0], walk["memory"][0]), 0.5, False)
-    r.target("1 TiB write-zeroes memblock/memory <= 0.5",
-             ratio(walk["memblock"][1], walk["memory"][1]), 0.5, False)
+    r.targets += [
+        Target("RSS amplification", mb["amplification"], "<=", 1.1, "%.3f"),
+        Target("RSS growth reading unwritten blocks, % of them",
+               100 * ratio(mb["read_growth"], mb["bytes"]), "<=", 1.0,
+               "%.3f"),
+        Target("extent precision", d["extents"]["memblock"]["precision"],
+               "<=", 1.1, "%.3f"),
+        Target("1 TiB block-status walk memblock/memory", walk_ratio, "<=",
+               0.5),
+        Target("1 TiB write-zeroes memblock/memory", zero_ratio, "<=", 0.5)]
 
 
 def clone_section(r, d):
     """Golden image and clones: clone-bench.py's results."""
     title = "Golden image and writable clones"
     if d is None:
-        r.out(title + ": MISSING")
-        r.incomplete.append("clone")
-        r.out()
+        r.missing(title, "clone")
         return
     img, n, w = d["image"], d["clones"], d["write"]
     # The image's data: its allocated size (du -B1).  What SEEK_DATA
@@ -248,13 +312,16 @@ def clone_section(r, d):
 
     def get(key, field):
         return st.get(key, {}).get(field)
+    # clones / other, per field
+    vs = {other: {k: ratio(get("clones", k), get(other, k))
+                  for k in ("setup_s", "mem_setup", "write_s", "growth")}
+          for other in ("copies", "qsd")}
     for other, label in (("copies", "clones / full copies"),
                          ("qsd", "clones / qsd")):
+        v = vs[other]
         r.out("%-23s %9.2f %11.2f %7s %8.2f %11.2f" %
-              (label, ratio(get("clones", "setup_s"), get(other, "setup_s")),
-               ratio(get("clones", "mem_setup"), get(other, "mem_setup")), "",
-               ratio(get("clones", "write_s"), get(other, "write_s")),
-               ratio(get("clones", "growth"), get(other, "growth"))))
+              (label, v["setup_s"], v["mem_setup"], "", v["write_s"],
+               v["growth"]))
     r.out("memblock clones' memory / the image's non-zero 4 KiB pages: %.3f" %
           ratio(get("clones", "mem_setup"), img["nonzero"]))
     r.out("(full copies grow less than they write: they already hold the "
@@ -283,7 +350,7 @@ def clone_section(r, d):
         med[key] = bl.median(mibs)
         r.out("%-23s %9.1f %11.0f %6.0f%%" %
               (label, med[key], bl.median([x["iops"] for x in xs]),
-               100 * (max(mibs) - min(mibs)) / med[key] if med[key] else 0))
+               spread(mibs)))
     read_ratio = ratio(med["clone"], med["golden"])
     pairs = [ratio(c["mibs"], g["mibs"]) for g, c in
              zip(rd.get("golden", []), rd.get("clone", []))]
@@ -318,57 +385,47 @@ def clone_section(r, d):
           (ratio(load, lm["copy"]), ratio(lm["file"], lm["copy"])))
     r.out()
 
-    r.target("clones: set-up time clones/full copies <= 0.25",
-             ratio(get("clones", "setup_s"), get("copies", "setup_s")),
-             0.25, False, "%.3f")
-    r.target("clones: memory after cloning / image data (du) <= 1.05",
-             ratio(get("clones", "mem_setup"), data), 1.05, False, "%.3f")
-    r.target("clones: memory growth / bytes written <= 1.15",
-             ratio(get("clones", "growth"), get("clones", "written")), 1.15,
-             False, "%.3f")
-    r.target("clones: 4 KiB random read clone/golden >= 0.95", read_ratio,
-             0.95, True)
-    r.target("clones: :file= load / nbdcopy of the image <= 0.5",
-             ratio(load, lm["copy"]), 0.5, False)
+    r.targets += [
+        Target("clones: set-up time clones/full copies",
+               vs["copies"]["setup_s"], "<=", 0.25, "%.3f"),
+        Target("clones: memory after cloning / image data (du)",
+               ratio(get("clones", "mem_setup"), data), "<=", 1.05, "%.3f"),
+        Target("clones: memory growth / bytes written",
+               ratio(get("clones", "growth"), get("clones", "written")),
+               "<=", 1.15, "%.3f"),
+        Target("clones: 4 KiB random read clone/golden", read_ratio, ">=",
+               0.95),
+        Target("clones: :file= load / nbdcopy of the image",
+               ratio(load, lm["copy"]), "<=", 0.5)]
 
 
 def load_store(path):
-    """({(op, bs, threads, variant): GiB/s}, {same: CPUs used}) from
-    store-bench output, or None."""
-    res, cpus = {}, {}
+    """benchlib.parse_store_bench of a store-bench output file, or None."""
     try:
         with open(path) as f:
-            for line in f:
-                p = line.split()
-                if len(p) == 6:
-                    key = (p[0], p[1], int(p[2]), p[3])
-                    res[key], cpus[key] = float(p[4]), float(p[5])
+            return bl.parse_store_bench(f.read())
     except (OSError, ValueError):
         return None
-    return (res, cpus) if len(res) == 27 else None
 
 
 def store_section(r, resdir):
+    variants = ("memcpy", "store", "mutex")
     for key, title in STORE_SETS:
         got = load_store(os.path.join(resdir, "store-%s.txt" % key))
-        if got is None:
-            r.out("In-process store, %s: MISSING" % title)
-            r.incomplete.append("store " + key)
-            r.out()
+        if got is None or len(got[0]) != 27:
+            r.missing("In-process store, " + title, "store " + key)
             continue
-        d, cpus = got
+        d = {k: v[0] for k, v in got[0].items()}
+        cpus = {k: v[1] for k, v in got[0].items()}
         r.out("In-process store, GiB/s, %s; 4 KiB random, 1 MiB sequential"
               % title)
         r.out("%-6s %-3s %3s %8s %8s %8s %13s %12s" %
-              ("op", "bs", "thr", "memcpy", "store", "mutex", "store/memcpy",
-               "store/mutex"))
-        for op in ("read", "write"):
-            for bs in ("4k", "1m"):
-                for t in (1, 2):
-                    m, s, x = (d[(op, bs, t, v)]
-                               for v in ("memcpy", "store", "mutex"))
-                    r.out("%-6s %-3s %3d %8.2f %8.2f %8.2f %13.2f %12.2f" %
-                          (op, bs, t, m, s, x, ratio(s, m), ratio(s, x)))
+              (("op", "bs", "thr") + variants + ("store/memcpy",
+                                                 "store/mutex")))
+        for op, bs, t in STORE_FIGURES:
+            m, s, x = (d[(op, bs, t, v)] for v in variants)
+            r.out("%-6s %-3s %3d %8.2f %8.2f %8.2f %13.2f %12.2f" %
+                  (op, bs, t, m, s, x, ratio(s, m), ratio(s, x)))
         r.out("1 MiB writes of zeroes (kept as holes), 1 thread, GiB/s: "
               "memcpy of them %.2f;" % d[("zwrite", "1m", 1, "memcpy")])
         r.out("  store into chunks never created %.2f, into unwritten pages "
@@ -377,94 +434,97 @@ def store_section(r, resdir):
                d[("zwrite-chunk", "1m", 1, "store")]))
         r.out("Scaling, 2 threads / 1 thread (CPUs: what the 2-thread runs "
               "got, CPU time / wall time):")
-        r.out("%-6s %-3s %8s %8s %8s %16s" % ("op", "bs", "memcpy", "store",
-                                               "mutex", "CPUs memcpy/store"))
-        for op in ("read", "write"):
-            for bs in ("4k", "1m"):
-                r.out("%-6s %-3s %8.2f %8.2f %8.2f %10.2f/%.2f" %
-                      ((op, bs) + tuple(ratio(d[(op, bs, 2, v)],
-                                              d[(op, bs, 1, v)])
-                                        for v in ("memcpy", "store",
-                                                  "mutex")) +
-                       (cpus[(op, bs, 2, "memcpy")],
-                        cpus[(op, bs, 2, "store")])))
+        r.out("%-6s %-3s %8s %8s %8s %16s" % (("op", "bs") + variants +
+                                               ("CPUs memcpy/store",)))
+        scale = {(op, bs, v): ratio(d[(op, bs, 2, v)], d[(op, bs, 1, v)])
+                 for op, bs in STORE_OPS for v in variants}
+        for op, bs in STORE_OPS:
+            r.out("%-6s %-3s %8.2f %8.2f %8.2f %10.2f/%.2f" %
+                  ((op, bs) + tuple(scale[(op, bs, v)] for v in variants) +
+                   (cpus[(op, bs, 2, "memcpy")], cpus[(op, bs, 2, "store")])))
         r.out()
-        r.target("store %s: 1 MiB writes store/memcpy >= 0.8" % key,
-                 ratio(d[("write", "1m", 1, "store")],
-                       d[("write", "1m", 1, "memcpy")]), 0.8, True)
-        for op in ("read", "write"):
-            for bs in ("4k", "1m"):
-                mc = ratio(d[(op, bs, 2, "memcpy")], d[(op, bs, 1, "memcpy")])
-                r.target("store %s: %s %s 2 threads/1 >= 1.7 (memcpy %.2f, "
-                         "%.2f CPUs)" % (key, op, bs, mc,
-                                         cpus[(op, bs, 2, "store")]),
-                         ratio(d[(op, bs, 2, "store")],
-                               d[(op, bs, 1, "store")]), 1.7, True)
-        for op in ("read", "write"):
-            for bs in ("4k", "1m"):
-                r.target("store %s: %s %s 2 threads store/mutex >= %.1f" %
-                         (key, op, bs, MUTEX_AHEAD),
-                         ratio(d[(op, bs, 2, "store")],
-                               d[(op, bs, 2, "mutex")]), MUTEX_AHEAD, True)
+        r.targets.append(Target("store %s: 1 MiB writes store/memcpy" % key,
+                                ratio(d[("write", "1m", 1, "store")],
+                                      d[("write", "1m", 1, "memcpy")]),
+                                ">=", 0.8))
+        r.targets += [Target("store %s: %s %s 2 threads/1 (memcpy %.2f, "
+                             "%.2f CPUs)" % (key, op, bs,
+                                             scale[(op, bs, "memcpy")],
+                                             cpus[(op, bs, 2, "store")]),
+                             scale[(op, bs, "store")], ">=", 1.7)
+                      for op, bs in STORE_OPS]
+        r.targets += [Target("store %s: %s %s 2 threads store/mutex" %
+                             (key, op, bs),
+                             ratio(d[(op, bs, 2, "store")],
+                                   d[(op, bs, 2, "mutex")]),
+                             ">=", MUTEX_AHEAD)
+                      for op, bs in STORE_OPS]
+
 
 COMPRESS_LABELS = (("memblock", "memblock (none)"),
                    ("memblock-zstd", "memblock zstd"),
                    ("memblock-lz4", "memblock lz4"),
                    ("memory-zstd", "memory zstd"),
                    ("memory", "memory sparse"))
-
-
-def per_round(xs, fmt="%.2f"):
-    return " ".join(fmt % x for x in xs)
+# The load figures: (key, what the targets call it).
+COMPRESS_FIGURES = (("mem", "memory"), ("load_s", "load time"),
+                    ("read_s", "read-back time"))
+# Per codec: (server, the server it is held against, that one's name in
+# the targets, thresholds of memory, load and read-back time ratios).
+COMPRESS_TARGETS = (("zstd", "memblock-zstd", "memory-zstd",
+                     "memory allocator=zstd's", (1.1, 0.5, 0.5)),
+                    ("lz4", "memblock-lz4", "memblock",
+                     "uncompressed memblock's", (0.5, 1.25, 1.25)))
 
 
 def compress_section(r, d):
     """Compressed devices: compress-bench.py's results."""
     title = "Compression"
     if d is None:
-        r.out(title + ": MISSING")
-        r.incomplete.append("compress")
-        r.out()
+        r.missing(title, "compress")
         return
     img, n = d["image"], d["rounds"]
+    keys = [k for k, _ in COMPRESS_FIGURES]
     r.out("%s: the golden image (%d MiB ext4, %.0f MiB allocated, %.0f MiB "
           "in non-zero 4 KiB pages)" %
           (title, img["size"] // bl.MiB, img["allocated"] / bl.MiB,
            img["nonzero"] / bl.MiB))
     r.out("loaded with nbdcopy into an empty device of its size, then read "
           "back with nbdcopy to null:")
-    r.out("(both skip holes).  Memory: VmRSS after the load minus VmRSS of "
-          "the same server just")
-    r.out("before it (empty, after 4 connections read from it).  Unpinned; "
-          "median of %d round%s," % (n, "s" if n > 1 else ""))
+    r.out("(both skip holes).  RSS: the server's VmRSS after the load minus "
+          "its VmRSS just before it")
+    r.out("(empty, after 4 connections read from it), each read with no "
+          "connection open; store: what")
+    r.out("memblock counts it holds (nbdinfo --list, to 2-3 digits).  "
+          "Unpinned; median of %s," % rounds(n))
     r.out("order rotated each round%s." %
           ("; every read-back compared with the image" if d.get("verified")
            else ""))
-    r.out("%-16s %10s %7s %7s %7s %9s %9s %11s" %
-          ("server", "memory MiB", "/ data", "load s", "read s", "load MB/s",
-           "read MB/s", "srv CPUs"))
+    r.out("%-16s %8s %9s %9s %7s %7s %7s %9s %9s %11s" %
+          ("server", "RSS MiB", "store MiB", "RSS/store", "/ data", "load s",
+           "read s", "load MB/s", "read MB/s", "srv CPUs"))
     med = {}
     ld = d["load"]
     for key, label in COMPRESS_LABELS:
         xs = ld.get(key, [])
+        med[key] = {k: bl.median([x[k] for x in xs]) for k in keys}
         if len(xs) < n:
             r.incomplete.append("compress load " + key)
         if not xs:
-            r.out("%-16s %10s" % (label, "missing"))
-            med[key] = {"mem": float("nan"), "load_s": float("nan"),
-                        "read_s": float("nan")}
+            r.out("%-16s %8s" % (label, "missing"))
             continue
-        med[key] = {k: bl.median([x[k] for x in xs])
-                    for k in ("mem", "load_s", "read_s")}
         m = med[key]
+        held = bl.median([x["store_held"] for x in xs if "store_held" in x])
         cpus = [bl.median([x[k + "_cpu_s"] / x[k + "_s"] for x in xs])
                 for k in ("load", "read")]
-        r.out("%-16s %10.1f %7.3f %7.2f %7.2f %9.0f %9.0f %5.2f/%.2f" %
-              (label, m["mem"] / bl.MiB, ratio(m["mem"], img["nonzero"]),
-               m["load_s"], m["read_s"],
+        r.out("%-16s %8.1f %9s %9s %7.3f %7.2f %7.2f %9.0f %9.0f %5.2f/%.2f" %
+              (label, m["mem"] / bl.MiB,
+               "-" if math.isnan(held) else "%.1f" % (held / bl.MiB),
+               "-" if math.isnan(held) else "%.3f" % ratio(m["mem"], held),
+               ratio(m["mem"], img["nonzero"]), m["load_s"], m["read_s"],
                ratio(img["nonzero"] / 1e6, m["load_s"]),
                ratio(img["nonzero"] / 1e6, m["read_s"]), cpus[0], cpus[1]))
-    r.out("(/ data: memory / the image's non-zero 4 KiB pages; MB/s: those "
+    r.out("(/ data: RSS / the image's non-zero 4 KiB pages; MB/s: those "
           "pages' bytes / s;")
     r.out("srv CPUs: the server's CPU time / wall time during the load / the "
           "read-back)")
@@ -472,7 +532,7 @@ def compress_section(r, d):
     for key, label in COMPRESS_LABELS:
         xs = ld.get(key, [])
         if xs:
-            r.out("  %-16s memory MiB %s; load s %s; read s %s" %
+            r.out("  %-16s RSS MiB %s; load s %s; read s %s" %
                   (label, per_round([x["mem"] / bl.MiB for x in xs], "%.0f"),
                    per_round([x["load_s"] for x in xs]),
                    per_round([x["read_s"] for x in xs])))
@@ -491,7 +551,7 @@ def compress_section(r, d):
         xs = {x["round"]: x[k] for x in ld.get(b, [])}
         return per_round([ratio(y[k], xs.get(y["round"]))
                           for y in ld.get(a, [])])
-    r.out("Ratios of medians (and each round's own):  memory   load   read")
+    r.out("Ratios of medians (and each round's own):     RSS   load   read")
     for a, b, label in (("memblock-zstd", "memory-zstd",
                          "memblock zstd / memory zstd"),
                         ("memblock-lz4", "memblock",
@@ -501,124 +561,87 @@ def compress_section(r, d):
                         ("memory-zstd", "memory",
                          "memory zstd / memory sparse")):
         r.out("  %-40s %6.2f %6.2f %6.2f" %
-              (label, rat(a, b, "mem"), rat(a, b, "load_s"),
-               rat(a, b, "read_s")))
-        r.out("  %-40s %s | %s | %s" %
-              ("", rounds_rat(a, b, "mem"), rounds_rat(a, b, "load_s"),
-               rounds_rat(a, b, "read_s")))
+              ((label,) + tuple(rat(a, b, k) for k in keys)))
+        r.out("  %-40s %s" % ("", " | ".join(rounds_rat(a, b, k)
+                                             for k in keys)))
     r.out()
+    compress_fio(r, d)
 
+    for codec, a, b, other, limits in COMPRESS_TARGETS:
+        r.targets += [Target("compress=%s: %s / %s" % (codec, what, other),
+                             rat(a, b, k), "<=", limit)
+                      for (k, what), limit in zip(COMPRESS_FIGURES, limits)]
+
+
+def compress_fio(r, d):
+    """fio on the compressed devices: compress-bench.py's "fio"."""
     f = d.get("fio") or {}
+    if not f.get("rounds"):
+        r.missing("fio on compressed devices", "compress fio")
+        return
+    n, label = f["rounds"], dict(COMPRESS_LABELS)
+    r.out("fio 4 KiB random, iodepth 16 per connection, on the devices of "
+          "the last round above")
+    r.out("(holding the image: %.0f%% of the device is data), server CPU "
+          "%d, fio CPU %d, %.1f s per run," %
+          (100 * d["image"]["nonzero"] / d["image"]["size"], f["server_cpu"],
+           f["client_cpu"], f["runtime"]))
+    pct = f["write_buffers"]["buffer_compress_percentage"]
+    r.out("median of %s, order rotated each round; writes: fio "
+          "--buffer_compress_percentage=%d" % (rounds(n), pct))
+    r.out("--refill_buffers (each 512-byte piece %d%% zeroes, %d%% random; "
+          "fresh data per write)." % (pct, 100 - pct))
+    r.out("Devices change as fio writes: the faster servers take more "
+          "writes (see nbdinfo after).")
+    r.out("%-16s %-16s %9s %9s %10s %7s  %s" %
+          ("workload", "server", "MiB/s", "IOPS", "CPU s/GiB", "srv",
+           "MiB/s per round"))
     fm = {}
-    if f.get("rounds"):
-        rounds = f["rounds"]
-        r.out("fio 4 KiB random, iodepth 16 per connection, on the devices of "
-              "the last round above")
-        r.out("(holding the image: %.0f%% of the device is data), server CPU "
-              "%d, fio CPU %d, %.1f s per run," %
-              (100 * img["nonzero"] / img["size"], f["server_cpu"],
-               f["client_cpu"], f["runtime"]))
-        pct = f["write_buffers"]["buffer_compress_percentage"]
-        r.out("median of %d round%s, order rotated each round; writes: fio "
-              "--buffer_compress_percentage=%d" %
-              (rounds, "s" if rounds > 1 else "", pct))
-        r.out("--refill_buffers (each 512-byte piece %d%% zeroes, %d%% random; "
-              "fresh data per write)." % (pct, 100 - pct))
-        r.out("Devices change as fio writes: the faster servers take more "
-              "writes (see nbdinfo after).")
-        r.out("%-16s %-16s %9s %9s %10s %7s  %s" %
-              ("workload", "server", "MiB/s", "IOPS", "CPU s/GiB", "srv",
-               "MiB/s per round"))
-        for w in f["workloads"]:
-            for i, key in enumerate(f["servers"]):
-                xs = f["samples"].get(w, {}).get(key, [])
-                label = dict(COMPRESS_LABELS)[key]
-                if len(xs) < rounds:
-                    r.incomplete.append("compress fio %s %s" % (w, key))
-                if not xs:
-                    r.out("%-16s %-16s %9s" % (w if i == 0 else "", label,
-                                               "missing"))
-                    continue
-                mibs = [x["mibs"] for x in xs]
-                fm[(w, key)] = bl.median(mibs)
-                r.out("%-16s %-16s %9.1f %9.0f %10.3f %6.0f%%  %s" %
-                      (w if i == 0 else "", label, fm[(w, key)],
-                       bl.median([x["iops"] for x in xs]),
-                       bl.median([x["cpu_per_gib"] for x in xs]),
-                       100 * bl.median([x["cpu_s"] / x["wall_s"]
-                                        for x in xs]),
-                       per_round(mibs, "%.0f")))
-        r.out("Ratios of MiB/s medians:")
-        r.out("%-16s %14s %14s %14s %14s" %
-              ("workload", "zstd/mem-zstd", "lz4/mem-zstd", "zstd/none",
-               "lz4/none"))
-        for w in f["workloads"]:
-            def g(k):
-                return fm.get((w, k))
-            r.out("%-16s %14.2f %14.2f %14.2f %14.2f" %
-                  (w, ratio(g("memblock-zstd"), g("memory-zstd")),
-                   ratio(g("memblock-lz4"), g("memory-zstd")),
-                   ratio(g("memblock-zstd"), g("memblock")),
-                   ratio(g("memblock-lz4"), g("memblock"))))
-        after = f.get("description_after", {})
-        r.out("Server RSS MiB before / after the fio runs: " +
-              ", ".join("%s %.0f / %.0f" %
-                        (k, f["rss_before"][k] / bl.MiB,
-                         f["rss_after"].get(k, 0) / bl.MiB)
-                        for k in f["servers"]))
-        for k in f["servers"]:
-            if after.get(k):
-                r.out("  %-16s nbdinfo after: %s" % (dict(COMPRESS_LABELS)[k],
-                                                      after[k]))
-        r.out()
-    else:
-        r.out("fio on compressed devices: not run")
-        r.incomplete.append("compress fio")
-        r.out()
-
-    r.target("compress=zstd: memory / memory allocator=zstd's <= 1.1",
-             rat("memblock-zstd", "memory-zstd", "mem"), 1.1, False)
-    r.target("compress=zstd: load time / memory allocator=zstd's <= 0.5",
-             rat("memblock-zstd", "memory-zstd", "load_s"), 0.5, False)
-    r.target("compress=zstd: read-back time / memory allocator=zstd's <= 0.5",
-             rat("memblock-zstd", "memory-zstd", "read_s"), 0.5, False)
-    r.target("compress=lz4: memory / uncompressed memblock's <= 0.5",
-             rat("memblock-lz4", "memblock", "mem"), 0.5, False)
-    r.target("compress=lz4: load time / uncompressed memblock's <= 1.25",
-             rat("memblock-lz4", "memblock", "load_s"), 1.25, False)
-    r.target("compress=lz4: read-back time / uncompressed memblock's <= 1.25",
-             rat("memblock-lz4", "memblock", "read_s"), 1.25, False)
-
-
-def load_codec(path):
-    """({(op, bs, threads, codec): (GiB/s, CPUs, [per run])},
-    {codec: (data, held)}, data source) from store-bench -c -p output."""
-    res, held, data = {}, {}, None
-    try:
-        with open(path) as f:
-            for line in f:
-                p = line.split()
-                if len(p) == 7:
-                    res[(p[0], p[1], int(p[2]), p[3])] = (
-                        float(p[4]), float(p[5]),
-                        [float(x) for x in p[6].split(",")])
-                elif len(p) == 4 and p[0] == "held":
-                    held[p[1]] = (int(p[2]), int(p[3]))
-                elif p and p[0] == "data":
-                    data = line.split(None, 1)[1].strip()
-    except (OSError, ValueError):
-        return None
-    return res, held, data
+    for w in f["workloads"]:
+        for i, key in enumerate(f["servers"]):
+            xs = f["samples"].get(w, {}).get(key, [])
+            if len(xs) < n:
+                r.incomplete.append("compress fio %s %s" % (w, key))
+            if not xs:
+                r.out("%-16s %-16s %9s" % (w if i == 0 else "", label[key],
+                                           "missing"))
+                continue
+            mibs = [x["mibs"] for x in xs]
+            fm[(w, key)] = bl.median(mibs)
+            r.out("%-16s %-16s %9.1f %9.0f %10.3f %6.0f%%  %s" %
+                  (w if i == 0 else "", label[key], fm[(w, key)],
+                   bl.median([x["iops"] for x in xs]),
+                   bl.median([x["cpu_per_gib"] for x in xs]),
+                   100 * bl.median([x["cpu_s"] / x["wall_s"] for x in xs]),
+                   per_round(mibs, "%.0f")))
+    r.out("Ratios of MiB/s medians:")
+    pairs = (("memblock-zstd", "memory-zstd"), ("memblock-lz4", "memory-zstd"),
+             ("memblock-zstd", "memblock"), ("memblock-lz4", "memblock"))
+    r.out("%-16s %14s %14s %14s %14s" %
+          ("workload", "zstd/mem-zstd", "lz4/mem-zstd", "zstd/none",
+           "lz4/none"))
+    for w in f["workloads"]:
+        r.out("%-16s %14.2f %14.2f %14.2f %14.2f" %
+              ((w,) + tuple(ratio(fm.get((w, a)), fm.get((w, b)))
+                            for a, b in pairs)))
+    r.out("Server RSS MiB before / after the fio runs: " +
+          ", ".join("%s %.0f / %.0f" %
+                    (k, f["rss_before"][k] / bl.MiB,
+                     f["rss_after"].get(k, 0) / bl.MiB)
+                    for k in f["servers"]))
+    after = f.get("description_after", {})
+    for k in f["servers"]:
+        if after.get(k):
+            r.out("  %-16s nbdinfo after: %s" % (label[k], after[k]))
+    r.out()
 
 
 def store_codec_section(r, resdir):
-    got = load_codec(os.path.join(resdir, "store-codec.txt"))
+    got = load_store(os.path.join(resdir, "store-codec.txt"))
     codecs = ("none", "zstd", "lz4")
     title = "In-process store, compressed"
     if got is None or len(got[0]) != 24 or len(got[1]) != 3:
-        r.out(title + ": MISSING")
-        r.incomplete.append("store codec")
-        r.out()
+        r.missing(title, "store codec")
         return
     d, held, data = got
     src = ("text-like generated data" if data in (None, "text") else
@@ -636,55 +659,80 @@ def store_codec_section(r, resdir):
     r.out("%-6s %-3s %3s %8s %8s %8s %10s %9s  %s" %
           ("op", "bs", "thr", "none", "zstd", "lz4", "zstd/none", "lz4/none",
            "per run: none | zstd | lz4"))
-    for op in ("read", "write"):
-        for bs in ("4k", "1m"):
-            for t in (1, 2):
-                v = [d[(op, bs, t, c)] for c in codecs]
-                r.out("%-6s %-3s %3d %8.3f %8.3f %8.3f %10.3f %9.3f  %s" %
-                      (op, bs, t, v[0][0], v[1][0], v[2][0],
-                       ratio(v[1][0], v[0][0]), ratio(v[2][0], v[0][0]),
-                       " | ".join(per_round(x[2], "%.3f") for x in v)))
+    for op, bs, t in STORE_FIGURES:
+        v = [d[(op, bs, t, c)] for c in codecs]
+        r.out("%-6s %-3s %3d %8.3f %8.3f %8.3f %10.3f %9.3f  %s" %
+              (op, bs, t, v[0][0], v[1][0], v[2][0],
+               ratio(v[1][0], v[0][0]), ratio(v[2][0], v[0][0]),
+               " | ".join(per_round(x[2], "%.3f") for x in v)))
     r.out()
 
 
-def store_fix_section(r, d):
-    title = ("Cost of the write/trim race fix: in-process store GiB/s, "
-             "before (2a0de16) and after")
+BASELINE_AHEAD = 0.97          # after/before: no slower than the baseline
+
+
+def store_compare_section(r, d, compressed):
+    """The store of a baseline commit beside the current one:
+    store-compare.py's results with store-bench -s (a target per figure)
+    or -c (compressed: reported)."""
+    baseline = (d or {}).get("baseline", "the baseline")
+    title = "The store at %s beside the current one%s" % (
+        baseline, ", compressed" if compressed else "")
     if d is None:
-        r.out(title + ": MISSING")
-        r.incomplete.append("store-fix")
-        r.out()
+        r.missing(title, "store-compare" + (" codec" if compressed else ""))
         return
     if "skipped" in d:
         r.out(title + ": skipped (%s)" % d["skipped"])
         r.out()
         return
     figs, n = d["figures"], d["rounds"]
-    r.out(title)
-    r.out("(the working tree's store), store-bench %s, one run per round "
-          "and build," % " ".join(d["args"]))
+    variants = d["variants"] if compressed else ["store"]
+    r.out(title + ": in-process GiB/s")
+    r.out("before: the store at %s, after: the working tree's; one run per "
+          "round and build of" % baseline)
+    r.out("  store-bench " + " ".join(os.path.basename(a) for a in d["args"]))
     r.out("builds alternating (and which goes first), median of %d rounds; "
           "after/before: median" % n)
     r.out("of the rounds' own ratios.  CPUs: CPU time / wall time the "
           "2-thread runs got.")
-    r.out("%-6s %-3s %3s %8s %8s %12s %11s  %s" %
-          ("op", "bs", "thr", "before", "after", "after/before", "CPUs b/a",
-           "per round: before | after"))
-    for op in ("read", "write"):
-        for bs in ("4k", "1m"):
-            for t in (1, 2):
-                f = figs.get("%s %s %d" % (op, bs, t))
-                if f is None or len(f.get("before", [])) < n or \
-                        len(f.get("after", [])) < n:
-                    r.incomplete.append("store-fix %s %s %d" % (op, bs, t))
-                    r.out("%-6s %-3s %3d %8s" % (op, bs, t, "missing"))
-                    continue
-                b, a = f["before"], f["after"]
-                r.out("%-6s %-3s %3d %8.2f %8.2f %12.2f %5.2f/%.2f  %s | %s" %
-                      (op, bs, t, bl.median(b), bl.median(a),
-                       bl.median([ratio(y, x) for x, y in zip(b, a)]),
-                       bl.median(f["cpus_before"]), bl.median(f["cpus_after"]),
-                       per_round(b), per_round(a)))
+    if compressed:
+        held = d.get("held", {})
+        r.out("after/before reported: no targets.  Held / data after the "
+              "fill, before | after:")
+        for v in variants:
+            r.out("  %-6s %s" % (v, " | ".join(
+                "%.1f / %.1f MiB = %.3f" % (h[1] / bl.MiB, h[0] / bl.MiB,
+                                            ratio(h[1], h[0]))
+                for h in (held.get(b, {}).get(v, (0, 0))
+                          for b in ("before", "after")))))
+    name = ("%-6s" % "codec") if compressed else ""
+    r.out("%-6s %-3s %3s %s%8s %8s %12s %11s  %s" %
+          ("op", "bs", "thr", name, "before", "after", "after/before",
+           "CPUs b/a", "per round: before | after"))
+    fmt = "%.3f" if compressed else "%.2f"
+    for op, bs, t in STORE_FIGURES:
+        for v in variants:
+            f = figs.get("%s %s %d %s" % (op, bs, t, v), {})
+            b, a = f.get("before", []), f.get("after", [])
+            label = "%-6s %-3s %3d %s" % (op, bs, t,
+                                          ("%-6s" % v) if compressed else "")
+            after_before = float("nan")
+            if len(b) < n or len(a) < n:
+                r.incomplete.append("store-compare %s %s %d %s" %
+                                    (op, bs, t, v))
+                r.out("%s%8s" % (label, "missing"))
+            else:
+                after_before = bl.median([ratio(y, x) for x, y in zip(b, a)])
+                r.out("%s%8s %8s %12.2f %5.2f/%.2f  %s | %s" %
+                      (label, fmt % bl.median(b), fmt % bl.median(a),
+                       after_before, bl.median(f["cpus_before"]),
+                       bl.median(f["cpus_after"]), per_round(b, fmt),
+                       per_round(a, fmt)))
+            if not compressed:
+                r.targets.append(Target(
+                    "store at %s: %s %s %d thread%s after/before" %
+                    (baseline, op, bs, t, "s" if t > 1 else ""),
+                    after_before, ">=", BASELINE_AHEAD))
     r.out()
 
 
@@ -699,50 +747,17 @@ def main():
         r.out(args.header)
         r.out()
 
-    fio = load_json(os.path.join(args.dir, "fio.json"))
-    if fio is None:
-        r.out("fio: MISSING")
-        r.incomplete.append("fio")
-        r.out()
-    else:
-        r.out("fio over NBD: %d MiB devices prefilled with data, %.1f s per "
-              "run, server CPU %d, fio CPU %d" %
-              (fio["size"] // bl.MiB, fio["runtime"], fio["server_cpu"],
-               fio["client_cpu"]))
-        r.out("(spread: (max-min)/median of the MiB/s samples; srv, fio: "
-              "CPU time / wall time of the server, of fio)")
-        r.out()
-        ratios = fio_table(r, fio, "pinned",
-                           "Pinned, median of %d rounds, order rotated each "
-                           "round" % fio["rounds"], fio["rounds"])
-        n = fio.get("unpinned_rounds", 1)
-        fio_table(r, fio, "unpinned", "Unpinned, for reference, median of %d "
-                  "round%s" % (n, "s" if n > 1 else ""), n)
-        if "rss_after_prefill" in fio:
-            r.out("Server RSS, MiB: at start / after prefilling the %d MiB "
-                  "device" % (fio["size"] // bl.MiB))
-            r.out("  " + ", ".join("%s %.0f / %.0f" %
-                                   (s, fio["rss_at_start"][s] / bl.MiB,
-                                    fio["rss_after_prefill"][s] / bl.MiB)
-                                   for s in fio["servers"]))
-            r.out()
-        fio_targets(r, ratios)
-
-    sparse_section(r, load_json(os.path.join(args.dir, "sparse.json")))
-    clone_section(r, load_json(os.path.join(args.dir, "clone.json")))
-    compress_section(r, load_json(os.path.join(args.dir, "compress.json")))
+    def results(name):
+        return load_json(os.path.join(args.dir, name))
+    fio_section(r, results("fio.json"))
+    sparse_section(r, results("sparse.json"))
+    clone_section(r, results("clone.json"))
+    compress_section(r, results("compress.json"))
     store_section(r, args.dir)
     store_codec_section(r, args.dir)
-    store_fix_section(r, load_json(os.path.join(args.dir, "store-fix.json")))
-
-    r.out("Targets")
-    width = max(len(t[0]) for t in r.targets) if r.targets else 10
-    for what, value, met in r.targets:
-        r.out("%-*s %8s  %s" % (width, what, value, "met" if met else "MISSED"))
-    missed = sum(1 for t in r.targets if not t[2])
-    r.out()
-    r.out("%d of %d targets met, %d missed" %
-          (len(r.targets) - missed, len(r.targets), missed))
+    store_compare_section(r, results("store-compare.json"), False)
+    store_compare_section(r, results("store-compare-codec.json"), True)
+    missed = r.judge()
     if r.incomplete:
         r.out("INCOMPLETE: " + ", ".join(r.incomplete))
     print("\n".join(r.lines))

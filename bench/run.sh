@@ -14,14 +14,17 @@
 #             nbdcopy                                         (clone-bench.py)
 #   compress  the golden image loaded with nbdcopy into memblock,
 #             memblock compress=zstd and lz4, nbdkit memory allocator=zstd
-#             and sparse, and read back: memory held, load and read-back
-#             times; then fio 4 KiB random read/write on the loaded
-#             devices                                      (compress-bench.py)
+#             and sparse, and read back: memory held (RSS growth, read
+#             with no connection open, beside the store's own count),
+#             load and read-back times; then fio 4 KiB random read/write
+#             on the loaded devices                        (compress-bench.py)
 #   store     in-process store GiB/s beside memcpy and a global mutex;
 #             the store compressed (none/zstd/lz4) with the image's data;
-#             the store before the write/trim race fix (commit 2a0de16,
-#             built from git into $out/store-v1/) beside the current one,
-#             alternating rounds                (store-bench.c, store-fix.py)
+#             the store of a baseline commit (BENCH_BASELINE, default
+#             5418575: its sources taken with git into $out/store-base/,
+#             their list asked of its Makefile, built with this
+#             store-bench.c) beside the current one, alternating rounds,
+#             uncompressed and compressed  (store-bench.c, store-compare.py)
 # then prints the tables, ratios and target verdicts (report.py) and
 # saves them to build/bench/results.txt (build/bench/smoke/ for --smoke).
 #
@@ -32,15 +35,18 @@
 # A full run takes about 20 minutes on a busy 2-core machine (the clone
 # part about 2, plus 20 s the first time to make its image, kept in
 # $BENCH_OUT/clone/; compress and store-codec together about 3.5; the
-# before/after store comparison about 0.5).  As root
+# baseline store comparisons about 1.5).  As root
 # it runs at nice -10 so that other work on the machine disturbs it less
 # (BENCH_NICE=0 turns it off).
 # Environment: BENCH_ROUNDS, BENCH_RUNTIME (seconds per fio run),
 # BENCH_SIZE (fio device size), BENCH_SERVER_CPU, BENCH_CLIENT_CPU,
 # BENCH_NICE, CC, MEMBLOCK_SO (the plugin to measure; default
-# ./memblock.so), BENCH_OUT (results directory; default build/bench).
+# ./memblock.so), BENCH_OUT (results directory; default build/bench),
+# BENCH_BASELINE (the commit whose store the current one is compared with;
+# its plugin/store.h must be this one's API).
 
-# The *_args and codec_libs variables and CC are split into words on purpose.
+# The *_args, *_srcs and codec_libs variables and CC are split into words
+# on purpose.
 # shellcheck disable=SC2086
 set -u
 
@@ -64,8 +70,8 @@ out=${BENCH_OUT:-build/bench}
 $smoke && out=$out/smoke
 mkdir -p "$out"
 rm -f "$out"/fio.json "$out"/sparse.json "$out"/clone.json "$out"/store-*.txt \
-      "$out"/compress.json "$out"/store-fix.json "$out"/results.txt \
-      "$out"/*.log
+      "$out"/compress.json "$out"/store-compare*.json "$out"/results.txt \
+      "$out"/store-bench "$out"/store-bench-base "$out"/*.log
 
 if $smoke; then
     fio_args="--size 64M --rounds 1 --runtime 0.2 --unpinned-workloads 4k-randread-1c"
@@ -77,7 +83,8 @@ if $smoke; then
     store_args="-t 0.04 -r 1"
     store_ram=16
     codec_args="-t 0.04 -r 1 -m 4"
-    fix_args="-t 0.04 -m 4" fix_rounds=2
+    cmp_args="-t 0.04 -m 4" cmp_rounds=2
+    cmp_codec_args="-t 0.04 -m 4" cmp_codec_rounds=2
 else
     fio_args="--size ${BENCH_SIZE:-1G} --rounds ${BENCH_ROUNDS:-7} --runtime ${BENCH_RUNTIME:-3}"
     sparse_args="--rounds 3"
@@ -88,7 +95,8 @@ else
     store_args="-t 0.25 -r 5"
     store_ram=256
     codec_args="-t 0.25 -r 3 -m 64"
-    fix_args="-t 0.25 -m 4" fix_rounds=7
+    cmp_args="-t 0.25 -m 4" cmp_rounds=7
+    cmp_codec_args="-t 0.25 -m 64" cmp_codec_rounds=5
 fi
 # The golden image clone-bench.py and compress-bench.py build and keep
 # (benchlib.golden_image); store-bench -c reads its data from it.
@@ -133,46 +141,63 @@ fi
 
 began=$(date +%s)
 load=$(cut -d' ' -f1-3 /proc/loadavg)
-# The store's sources (the Makefile's STORE_SRCS) and libraries.
-store_srcs=$(make -s --no-print-directory print-store-srcs)
+# store-bench, built against the current store: the Makefile's
+# STORE_SRCS, and the codecs' libraries.
+cc_store="${CC:-gcc} -std=gnu11 -Wall -Wextra -Werror -O2 -g -pthread"
 codec_libs=$(pkg-config --libs libzstd liblz4)
-part build-store-bench /dev/null \
-    ${CC:-gcc} -std=gnu11 -Wall -Wextra -Werror -O2 -g -pthread -Iplugin \
+store_srcs=$(make -s --no-print-directory print-store-srcs)
+part build-store-bench /dev/null $cc_store -Iplugin \
     -o "$out/store-bench" bench/store-bench.c $store_srcs $codec_libs
 part store-ram "$out/store-ram.txt" \
     "$out/store-bench" $store_args -m "$store_ram"
 part store-cache "$out/store-cache.txt" "$out/store-bench" $store_args -m 4
 
-# The store before the write/trim race fix, when git has it.
-fix_commit=2a0de16
-fix_files="store.c store.h chunkdir.c chunkdir.h arena.c arena.h"
-fix_skip=""
+# The store of the baseline commit, when git has it: its tree into
+# $base, the list of its store sources from its own Makefile.
+baseline=${BENCH_BASELINE:-5418575}
+base=$out/store-base
+base_skip=""
 if ! command -v git >/dev/null 2>&1; then
-    fix_skip="git is not installed"
+    base_skip="git is not installed"
 elif ! git -C "$top" rev-parse --git-dir >/dev/null 2>&1; then
-    fix_skip="$top is not a git checkout"
-elif ! git -C "$top" cat-file -e "$fix_commit^{commit}" 2>/dev/null; then
-    fix_skip="commit $fix_commit is not in this repository"
+    base_skip="$top is not a git checkout"
+elif ! git -C "$top" cat-file -e "$baseline^{commit}" 2>/dev/null; then
+    base_skip="commit $baseline is not in this repository"
 else
-    rm -rf "$out/store-v1"
-    mkdir -p "$out/store-v1"
-    for f in $fix_files; do
-        git -C "$top" show "$fix_commit:plugin/$f" >"$out/store-v1/$f" ||
-            { fix_skip="git show $fix_commit:plugin/$f failed"; break; }
-    done
+    baseline=$(git -C "$top" rev-parse --short "$baseline^{commit}")
 fi
-if [ -z "$fix_skip" ]; then
-    part build-store-bench-v1 /dev/null \
-        ${CC:-gcc} -std=gnu11 -Wall -Wextra -Werror -O2 -g -pthread \
-        -DSTORE_V1 -I"$out/store-v1" -o "$out/store-bench-v1" \
-        bench/store-bench.c "$out/store-v1/store.c" \
-        "$out/store-v1/chunkdir.c" "$out/store-v1/arena.c"
-    part store-fix /dev/null $PY bench/store-fix.py \
-        --before "$out/store-bench-v1" --after "$out/store-bench" \
-        --rounds "$fix_rounds" --out "$out/store-fix.json" -- $fix_args
+if [ -z "$base_skip" ]; then
+    base_srcs=""
+    rm -rf "$base"
+    mkdir -p "$base"
+    if git -C "$top" archive "$baseline" | tar -x -C "$base" \
+            2>"$out/store-base.log"; then
+        srcs=$(make -s --no-print-directory -C "$base" -f Makefile \
+               -f - bench-store-srcs 2>>"$out/store-base.log" <<'EOF'
+bench-store-srcs: ; @echo $(STORE_SRCS)
+EOF
+)
+        for f in $srcs; do
+            base_srcs="$base_srcs $base/$f"
+        done
+    fi
+    if [ -z "$base_srcs" ]; then
+        echo "bench: store-base FAILED: no STORE_SRCS from $baseline's" \
+             "Makefile; see $out/store-base.log" >&2
+        failed="$failed store-base"
+    fi
+    part build-store-bench-base /dev/null $cc_store -I"$base/plugin" \
+        -o "$out/store-bench-base" bench/store-bench.c $base_srcs $codec_libs
+    part store-compare /dev/null $PY bench/store-compare.py \
+        --baseline "$baseline" --before "$out/store-bench-base" \
+        --after "$out/store-bench" --rounds "$cmp_rounds" \
+        --out "$out/store-compare.json" -- -s $cmp_args
 else
-    echo "bench: store-fix skipped: $fix_skip" >&2
-    $PY bench/store-fix.py --skip "$fix_skip" --out "$out/store-fix.json"
+    echo "bench: store-compare skipped: $base_skip" >&2
+    for f in store-compare store-compare-codec; do
+        $PY bench/store-compare.py --baseline "$baseline" \
+            --skip "$base_skip" --out "$out/$f.json"
+    done
 fi
 part sparse /dev/null \
     $PY bench/sparse-bench.py $sparse_args --out "$out/sparse.json"
@@ -188,6 +213,13 @@ codec_data=""
 [ -f "$image" ] && codec_data="-d $image"
 part store-codec "$out/store-codec.txt" \
     "$out/store-bench" $codec_args -p -c none,zstd,lz4 $codec_data
+if [ -z "$base_skip" ]; then
+    part store-compare-codec /dev/null $PY bench/store-compare.py \
+        --baseline "$baseline" --before "$out/store-bench-base" \
+        --after "$out/store-bench" --rounds "$cmp_codec_rounds" \
+        --out "$out/store-compare-codec.json" -- \
+        -c zstd,lz4 $codec_data $cmp_codec_args
+fi
 
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
 git diff --quiet HEAD -- plugin 2>/dev/null || rev="$rev with local changes"

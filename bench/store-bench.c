@@ -18,15 +18,13 @@
  * Other modes (they skip memcpy, mutex and the zero writes):
  *   -s       the store variant alone (read and write figures only), for
  *            comparing two builds of the store (run.sh builds this file
- *            against the store of an older commit too, with -DSTORE_V1:
- *            then only the API both stores have is used);
+ *            against the store of a baseline commit too);
  *   -c LIST  a comma list of codecs (none, zstd, lz4): one store per
  *            codec (store_set_codec), each filled with the same data, and
  *            one variant per store, named after its codec.  A line
  *            "held CODEC DATA_BYTES HELD_BYTES" per store gives what the
  *            filled store holds (store_data, store_allocated), and a
  *            line "data FILE" or "data text" what it was filled with.
- *            Not in a -DSTORE_V1 build.
  * The data written (the prefill and every write): by default a short
  * repeating byte pattern; with -d FILE, the non-zero 4 KiB pages of 1 MiB
  * pieces spread evenly over FILE's data extents (a disk image of real
@@ -404,14 +402,7 @@ main (int argc, char **argv)
     case 'r': reps = atoi (optarg); break;
     case 'm': mib = strtoull (optarg, NULL, 10); break;
     case 's': store_only = true; break;
-    case 'c':
-#ifdef STORE_V1
-      fprintf (stderr, "%s: -c: this store has no codecs\n", argv[0]);
-      return 2;
-#else
-      codecs = optarg;
-      break;
-#endif
+    case 'c': codecs = optarg; break;
     case 'd': datafile = optarg; break;
     case 'p': print_runs = true; break;
     default: usage (argv[0]);
@@ -444,7 +435,6 @@ main (int argc, char **argv)
     if (full)
       add_variant ("mutex", K_MUTEX, stores[0]);
   }
-#ifndef STORE_V1
   else {
     char *list = strdup (codecs), *save = NULL;
 
@@ -469,7 +459,6 @@ main (int argc, char **argv)
     if (nstores == 0)
       usage (argv[0]);
   }
-#endif
   if (full) {
     plain_size = region * MAX_THREADS + ZRANGE;
     plain = mmap (NULL, plain_size, PROT_READ | PROT_WRITE,
@@ -515,12 +504,10 @@ main (int argc, char **argv)
       for (uint64_t c = zbase + ZRANGE; c < zbase + 2 * ZRANGE; c += CHUNK)
         if (store_write (stores[k], bufs[0], 4096, c + CHUNK - 4096) == -1)
           die ("store_write");
-#ifndef STORE_V1
     if (codecs != NULL)
       printf ("held %s %llu %llu\n", variants[k].name,
               (unsigned long long) store_data (stores[k]),
               (unsigned long long) store_allocated (stores[k]));
-#endif
   }
   if (codecs != NULL)
     printf ("data %s\n", datafile != NULL ? datafile : "text");

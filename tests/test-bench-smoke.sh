@@ -2,10 +2,11 @@
 # `make bench` keeps working: a one-minute smoke run of every part of
 # the benchmark (fio over NBD against memblock, memory, malloc and null;
 # the sparse and memory checks; golden images and clones; compression;
-# the in-process store bench, compressed too, and the cost of the
-# write/trim race fix) must finish and print complete tables (none
-# MISSING).  Targets are not judged here: timings in a test
-# run mean nothing.
+# the in-process store bench, compressed too, and the store of the
+# baseline commit beside the current one) must finish and print complete
+# tables (none MISSING).  The baseline tables may say "skipped" only when
+# git cannot find the baseline commit.  Targets are not judged here:
+# timings in a test run mean nothing.
 . "$(dirname "$0")/lib.sh"
 
 sh "$top/bench/run.sh" --smoke >"$tmp/bench.out" 2>&1 ||
@@ -13,9 +14,16 @@ sh "$top/bench/run.sh" --smoke >"$tmp/bench.out" 2>&1 ||
 for t in 'Pinned, median' 'RSS amplification' 'Extent precision' \
          'block-status walk' 'In-process store' 'Golden image and writable clones' \
          'Compression' 'In-process store, compressed' \
-         'Cost of the write/trim race fix' 'Targets'; do
+         'The store at .* beside the current one:' \
+         'The store at .* beside the current one, compressed:' 'Targets'; do
     grep -q "$t" "$tmp/bench.out" || { cat "$tmp/bench.out"; fail "no '$t' table"; }
 done
 ! grep -q 'MISSING' "$tmp/bench.out" ||
     { cat "$tmp/bench.out"; fail "a table is MISSING"; }
+baseline=${BENCH_BASELINE:-5418575}
+if grep -q 'beside the current one.*: skipped' "$tmp/bench.out" &&
+        git -C "$top" cat-file -e "$baseline^{commit}" 2>/dev/null; then
+    grep 'beside the current one' "$tmp/bench.out"
+    fail "the baseline store comparison skipped, but git has $baseline"
+fi
 tail -n 3 "$tmp/bench.out"
