@@ -19,9 +19,10 @@
  *       units of one chunk may allocate at once.
  *   P2  Bound: units.c compacts a pool after a request that leaves it
  *       with dead bytes of at least a page and more than an eighth of
- *       its live ones (pool_wants_compact), so once requests are done a
- *       pool holds at most its live bytes, an eighth more, and two
- *       pages (the dead page allowed and the last, partial one).
+ *       its live ones, or with dead bytes only (pool_wants_compact), so
+ *       once requests are done a pool holds at most its live bytes, an
+ *       eighth more, and two pages (the dead page allowed and the last,
+ *       partial one), and nothing once it holds no live blob.
  */
 
 #include <stdlib.h>
@@ -124,14 +125,17 @@ pool_free (struct pool *p, void *blob)
   }
 }
 
-/* Whether p has enough dead bytes, or blobs on the heap, to compact (P2). */
+/* Whether p has enough dead bytes, or blobs on the heap, to compact: an
+ * eighth of its live bytes and a page at least, or all it holds (P2).
+ */
 bool
 pool_wants_compact (const struct pool *p)
 {
   uint64_t top = atomic_load_explicit (&p->top, memory_order_relaxed);
   uint64_t live = atomic_load_explicit (&p->live, memory_order_relaxed);
 
-  return (top - live >= POOL_PAGE && (top - live) * 8 > live) ||
+  return (top > 0 && live == 0) ||
+         (top - live >= POOL_PAGE && (top - live) * 8 > live) ||
          atomic_load_explicit (&p->heap, memory_order_relaxed) > 0;
 }
 
