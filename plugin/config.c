@@ -11,7 +11,7 @@
 
 #include "arena.h"
 #include "config.h"
-#include "registry.h"
+#include "human.h"
 #include "store.h"
 
 struct config config = {
@@ -205,13 +205,13 @@ config_check_mlock (void)
     : rl.rlim_cur == RLIM_INFINITY ? 0 : (uint64_t) rl.rlim_cur + STORE_PAGE;
   if (want == 0 || arena_can_lock (want))
     return 0;
-  registry_format_size (rl.rlim_cur, have, sizeof have);
+  human_format_size (rl.rlim_cur, have, sizeof have);
   if (config.max_memory == UINT64_MAX)
     nbdkit_error ("mlock=true: RLIMIT_MEMLOCK (%s) cannot cover the data "
                   "and max-memory is not set: set max-memory= no larger "
                   "than the limit, or raise it (ulimit -l)", have);
   else {
-    registry_format_size (config.max_memory, need, sizeof need);
+    human_format_size (config.max_memory, need, sizeof need);
     nbdkit_error ("mlock=true: RLIMIT_MEMLOCK (%s) cannot cover "
                   "max-memory=%s: raise it to at least %s "
                   "(ulimit -l %" PRIu64 ") or lower max-memory",

@@ -19,6 +19,7 @@
 
 #include "config.h"
 #include "connect.h"
+#include "human.h"
 #include "registry.h"
 #include "store.h"
 
@@ -239,7 +240,7 @@ memblock_failed (struct handle *h, const char *op,
     nbdkit_error ("%s: %s of %" PRIu32 " bytes at %" PRIu64 ": %m",
                   h->dev->label, op, count, offset);
   else if (!atomic_exchange (&memblock_cap_logged, true)) {
-    registry_format_size (registry_limit.max, cap, sizeof cap);
+    human_format_size (registry_limit.max, cap, sizeof cap);
     nbdkit_error ("%s: %s of %" PRIu32 " bytes at %" PRIu64 " refused "
                   "with ENOSPC: max-memory (%s) is all in use; trim or "
                   "zero data to free some (further refusals are not "

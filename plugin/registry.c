@@ -30,6 +30,7 @@
 #include <nbdkit-plugin.h>
 
 #include "config.h"
+#include "human.h"
 #include "image.h"
 #include "registry.h"
 
@@ -38,45 +39,6 @@ struct store_limit registry_limit;
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct device **registry_devices;  /* config.max_devices slots */
 static size_t registry_count;
-
-static const char registry_units[][4] = {
-  "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"
-};
-
-/* Human form of a size: "16 MiB" when exact, else "1000 bytes". */
-void
-registry_format_size (uint64_t size, char *buf, size_t len)
-{
-  int u = -1;
-
-  while (u < 5 && size >= 1024 && size % 1024 == 0) {
-    size /= 1024;
-    u++;
-  }
-  if (u < 0)
-    snprintf (buf, len, "%" PRIu64 " bytes", size);
-  else
-    snprintf (buf, len, "%" PRIu64 " %s", size, registry_units[u]);
-}
-
-/* Human form of an amount of memory: "14 MiB", "1.3 GiB". */
-static void
-registry_format_amount (uint64_t bytes, char *buf, size_t len)
-{
-  int u = -1;
-  double v = bytes;
-
-  while (u < 5 && v >= 1024) {
-    v /= 1024;
-    u++;
-  }
-  if (u < 0)
-    snprintf (buf, len, "%" PRIu64 " bytes", bytes);
-  else if (bytes % ((uint64_t) 1024 << (10 * u)) == 0)
-    snprintf (buf, len, "%.0f %s", v, registry_units[u]);
-  else
-    snprintf (buf, len, "%.1f %s", v, registry_units[u]);
-}
 
 /* Describe dev as seen read-only or not:
  * "2 GiB, read-write, clone of golden, 14 MiB in memory", or for a
@@ -89,12 +51,12 @@ registry_describe (const struct device *dev, bool readonly,
   char human[32], held[32], data[32], memory[80];
   enum codec codec = store_codec (dev->store);
 
-  registry_format_size (store_size (dev->store), human, sizeof human);
-  registry_format_amount (store_allocated (dev->store), held, sizeof held);
+  human_format_size (store_size (dev->store), human, sizeof human);
+  human_format_amount (store_allocated (dev->store), held, sizeof held);
   if (codec == CODEC_NONE)
     snprintf (memory, sizeof memory, "%s in memory", held);
   else {
-    registry_format_amount (store_data (dev->store), data, sizeof data);
+    human_format_amount (store_data (dev->store), data, sizeof data);
     snprintf (memory, sizeof memory, "%s of data in %s (%s)", data, held,
               codec_name (codec));
   }

@@ -36,7 +36,6 @@ extern struct device *registry_open (const struct connect *req);
 extern void registry_close (struct device *dev, bool used);
 extern int registry_list (int (*fn) (void *opaque, const struct device *dev),
                           void *opaque);
-extern void registry_format_size (uint64_t size, char *buf, size_t len);
 extern void registry_describe (const struct device *dev, bool readonly,
                                char *buf, size_t len);
 
