@@ -27,7 +27,7 @@ BUILD ?= build/plain
 
 STORE_SRCS  := plugin/store.c plugin/chunkdir.c plugin/arena.c plugin/codec.c
 PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c \
-               plugin/registry.c plugin/human.c $(STORE_SRCS)
+               plugin/registry.c plugin/declare.c plugin/human.c $(STORE_SRCS)
 HEADERS     := $(wildcard plugin/*.h)
 UNIT_TESTS  := test-store
 

@@ -19,6 +19,7 @@
 
 #include "config.h"
 #include "connect.h"
+#include "declare.h"
 #include "human.h"
 #include "registry.h"
 #include "store.h"
@@ -68,7 +69,7 @@ memblock_dump_plugin (void)
 static int
 memblock_get_ready (void)
 {
-  return registry_init ();
+  return registry_init () == -1 ? -1 : declare_devices ();
 }
 
 /* What memblock_add_export needs. */

@@ -18,20 +18,17 @@
  * keeps it alive) or finds it gone and makes a fresh one.
  */
 
-#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
 #include "config.h"
 #include "human.h"
-#include "image.h"
 #include "registry.h"
 
 struct store_limit registry_limit;
@@ -79,30 +76,22 @@ registry_find (const char *name)
   return NULL;
 }
 
-/* Create a device (a clone of source if not NULL) and add it to the
- * table; caller holds the lock.  NULL after logging why.
+/* Make a device (a clone of source if not NULL), not yet in the table:
+ * registry_add puts it there, registry_destroy frees it.  NULL after
+ * logging why.
  */
-static struct device *
-registry_add (const char *name, uint64_t size, bool readonly, bool temp,
-              struct device *source, int compress)
+struct device *
+registry_make (const char *name, uint64_t size, bool readonly, bool temp,
+               struct device *source, int compress)
 {
-  struct device *dev;
-  char quoted[CONNECT_QUOTE_MAX];
+  struct device *dev = calloc (1, sizeof *dev);
 
-  connect_quote (name, quoted, sizeof quoted);
-  if (registry_count >= config.max_devices) {
-    nbdkit_error ("cannot create device '%s': max-devices=%u reached",
-                  quoted, config.max_devices);
-    errno = ENOSPC;
-    return NULL;
-  }
-  dev = calloc (1, sizeof *dev);
   if (dev == NULL) {
     nbdkit_error ("calloc: %m");
     return NULL;
   }
   strcpy (dev->name, name);
-  strcpy (dev->label, quoted);
+  connect_quote (name, dev->label, sizeof dev->label);
   dev->readonly = readonly;
   dev->temp = temp;
   dev->source = source;
@@ -114,15 +103,51 @@ registry_add (const char *name, uint64_t size, bool readonly, bool temp,
                        compress == -1 ? config.compress
                                       : (enum codec) compress) == -1 ||
       (config.mlock && store_set_mlock (dev->store) == -1)) {
-    nbdkit_error ("cannot create device '%s': %m", quoted);
+    nbdkit_error ("cannot create device '%s': %m", dev->label);
     store_destroy (dev->store);
     free (dev);
     return NULL;
   }
   if (source)
     source->clones++;
-  registry_devices[registry_count++] = dev;
   return dev;
+}
+
+/* Free a device registry_make made that is not in the table (nor the
+ * source of another).
+ */
+void
+registry_destroy (struct device *dev)
+{
+  if (dev->source)
+    dev->source->clones--;
+  store_destroy (dev->store);
+  free (dev);
+}
+
+/* Whether the table has no room for one more device (logged, naming
+ * the device label); caller holds the lock.
+ */
+static bool
+registry_full (const char *label)
+{
+  if (registry_count < config.max_devices)
+    return false;
+  nbdkit_error ("cannot create device '%s': max-devices=%u reached",
+                label, config.max_devices);
+  return true;
+}
+
+/* Put a device registry_make made at the end of the table, which has
+ * room for it: config_complete keeps the declared devices within
+ * max-devices, and a client's device is made only after registry_full.
+ */
+void
+registry_add (struct device *dev)
+{
+  pthread_mutex_lock (&registry_lock);
+  registry_devices[registry_count++] = dev;
+  pthread_mutex_unlock (&registry_lock);
 }
 
 /* Take dev out of the table and free it; caller holds the lock. */
@@ -136,157 +161,21 @@ registry_remove (struct device *dev)
   memmove (&registry_devices[i], &registry_devices[i + 1],
            (registry_count - i - 1) * sizeof *registry_devices);
   registry_count--;
-  if (dev->source)
-    dev->source->clones--;
-  store_destroy (dev->store);
-  free (dev);
+  registry_destroy (dev);
 }
 
-/* The declared device called name, or NULL. */
-static const struct connect *
-registry_declared (const char *name)
-{
-  for (size_t i = 0; i < config.ndevices; i++)
-    if (strcmp (config.devices[i].name, name) == 0)
-      return &config.devices[i];
-  return NULL;
-}
-
-/* Whether the source chain from c comes back to c: print the cycle
- * into buf if so.
- */
-static bool
-registry_cycle (const struct connect *c, char *buf, size_t len)
-{
-  const struct connect *at = c;
-  size_t o = 0, steps;
-
-  for (steps = 0; steps <= config.ndevices; steps++) {
-    const struct connect *next = at->from[0] ? registry_declared (at->from)
-                                             : NULL;
-
-    o += snprintf (buf + o, o < len ? len - o : 0, "%s%s",
-                   steps ? " -> " : "", at->name);
-    if (next == NULL)
-      return false;
-    if (next == c) {
-      snprintf (buf + o, o < len ? len - o : 0, " -> %s", c->name);
-      return true;
-    }
-    at = next;
-  }
-  return false;
-}
-
-/* Create declared device c if its source (if any) exists: 1 if made,
- * 0 if its source is not made yet, -1 after logging an error.
- */
-static int
-registry_declare (const struct connect *c)
-{
-  char what[CONNECT_NAME_MAX + 16];
-  struct device *src = NULL, *dev;
-  uint64_t size = c->size == -1 ? config.size : (uint64_t) c->size;
-  uint64_t file_size = 0;
-  int fd = -1;
-
-  snprintf (what, sizeof what, "name=%s", c->name);
-  if (c->from[0]) {
-    if ((src = registry_find (c->from)) == NULL)
-      return 0;
-    if (!src->readonly) {
-      nbdkit_error ("%s: from=%s: the source of a clone must be read-only "
-                    "(declare it name=%s:ro)", what, c->from, c->from);
-      return -1;
-    }
-  }
-  if (c->file) {
-    if ((fd = image_open (c->file, what, &file_size)) == -1)
-      return -1;
-    if (c->size != -1 && file_size > size) {
-      nbdkit_error ("%s: the image (%" PRIu64 " bytes) is larger than "
-                    ":size=%" PRIu64, what, file_size, size);
-      close (fd);
-      return -1;
-    }
-    if (c->size == -1)
-      size = file_size;
-  }
-  dev = registry_add (c->name, size, c->readonly == 1, c->temp, src,
-                      c->compress);
-  if (dev == NULL) {
-    if (fd != -1)
-      close (fd);
-    return -1;
-  }
-  return fd == -1 || image_load (fd, file_size, dev->store, what) == 0
-         ? 1 : -1;
-}
-
-/* Create the declared devices (the .get_ready callback's work): sources
- * before their clones, then the table in the order of declaration.
+/* Make the empty table (the first half of the .get_ready callback's
+ * work; declare_devices does the rest).
  */
 int
 registry_init (void)
 {
-  struct device **made;
-  size_t i, left = config.ndevices;
-  char cycle[512];
-
   registry_limit.max = config.max_memory;
   registry_devices = calloc (config.max_devices, sizeof *registry_devices);
-  made = calloc (config.ndevices, sizeof *made);
-  if (registry_devices == NULL || made == NULL) {
+  if (registry_devices == NULL) {
     nbdkit_error ("calloc: %m");
-    free (made);
     return -1;
   }
-  while (left > 0) {
-    size_t before = left;
-
-    for (i = 0; i < config.ndevices; i++) {
-      int r;
-
-      if (made[i])
-        continue;
-      if ((r = registry_declare (&config.devices[i])) == -1) {
-        free (made);
-        return -1;
-      }
-      if (r == 1) {
-        made[i] = registry_devices[registry_count - 1];
-        left--;
-      }
-    }
-    if (left == before)
-      break;
-  }
-  /* What is left waits for a source never declared, or for a cycle:
-   * with every source declared, following sources through what is left
-   * must come round to one of them.
-   */
-  for (i = 0; i < config.ndevices && left > 0; i++) {
-    const struct connect *c = &config.devices[i];
-
-    if (!made[i] && registry_declared (c->from) == NULL) {
-      nbdkit_error ("name=%s: from=%s: no such device (declare it with "
-                    "name=%s:ro)", c->name, c->from, c->from);
-      free (made);
-      return -1;
-    }
-  }
-  for (i = 0; i < config.ndevices && left > 0; i++) {
-    const struct connect *c = &config.devices[i];
-
-    if (!made[i] && registry_cycle (c, cycle, sizeof cycle)) {
-      nbdkit_error ("name=%s: from=%s: clones cannot form a cycle (%s)",
-                    c->name, c->from, cycle);
-      free (made);
-      return -1;
-    }
-  }
-  memcpy (registry_devices, made, config.ndevices * sizeof *made);
-  free (made);
   return 0;
 }
 
@@ -335,34 +224,40 @@ registry_default_name (void)
 static struct device *
 registry_create (const struct connect *req, const char *quoted)
 {
-  struct device *src;
+  struct device *src = NULL, *dev;
+  char what[CONNECT_QUOTE_MAX + 16];
 
+  snprintf (what, sizeof what, "export '%s'", quoted);
   if (req->compress > CODEC_NONE && config.mlock) {
-    nbdkit_error ("export '%s': :compress= is refused with mlock=true",
-                  quoted);
+    nbdkit_error ("%s: :compress= is refused with mlock=true", what);
     return NULL;
   }
   if (req->compress > CODEC_NONE &&
       ((uint64_t) 1 << config.chunk_shift) < CODEC_UNIT) {
-    nbdkit_error ("export '%s': :compress= needs chunk-size of at least "
-                  "%zuK", quoted, CODEC_UNIT / 1024);
+    nbdkit_error ("%s: :compress= needs chunk-size of at least %zuK",
+                  what, CODEC_UNIT / 1024);
     return NULL;
   }
-  if (req->from[0] == '\0')
-    return registry_add (req->name,
-                         req->size == -1 ? config.size : (uint64_t) req->size,
-                         false, req->temp, NULL, req->compress);
-  src = registry_find (req->from);
-  if (src == NULL || !src->readonly) {
-    char from[CONNECT_QUOTE_MAX];
+  if (req->from[0]) {
+    src = registry_find (req->from);
+    if (src == NULL || !src->readonly) {
+      char from[CONNECT_QUOTE_MAX];
 
-    nbdkit_error ("export '%s': from=%s: %s", quoted,
-                  connect_quote (req->from, from, sizeof from),
-                  src ? "the source of a clone must be a read-only device"
-                      : "no such device");
-    return NULL;
+      nbdkit_error ("%s: from=%s: %s", what,
+                    connect_quote (req->from, from, sizeof from),
+                    src ? "the source of a clone must be a read-only device"
+                        : "no such device");
+      return NULL;
+    }
   }
-  return registry_add (req->name, 0, false, req->temp, src, req->compress);
+  if (registry_full (quoted))
+    return NULL;
+  dev = registry_make (req->name,
+                       req->size == -1 ? config.size : (uint64_t) req->size,
+                       false, req->temp, src, req->compress);
+  if (dev)
+    registry_devices[registry_count++] = dev;  /* lock held: not registry_add */
+  return dev;
 }
 
 /* The device a client's parsed export name asks for (the first device

@@ -31,6 +31,11 @@ extern struct store_limit registry_limit;
 
 extern int registry_init (void);
 extern void registry_free (void);
+extern struct device *registry_make (const char *name, uint64_t size,
+                                     bool readonly, bool temp,
+                                     struct device *source, int compress);
+extern void registry_destroy (struct device *dev);
+extern void registry_add (struct device *dev);
 extern const char *registry_default_name (void);
 extern struct device *registry_open (const struct connect *req);
 extern void registry_close (struct device *dev, bool used);
