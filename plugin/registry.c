@@ -228,16 +228,8 @@ registry_create (const struct connect *req, const char *quoted)
   char what[CONNECT_QUOTE_MAX + 16];
 
   snprintf (what, sizeof what, "export '%s'", quoted);
-  if (req->compress > CODEC_NONE && config.mlock) {
-    nbdkit_error ("%s: :compress= is refused with mlock=true", what);
+  if (config_check_device (what, req->compress) == -1)
     return NULL;
-  }
-  if (req->compress > CODEC_NONE &&
-      ((uint64_t) 1 << config.chunk_shift) < CODEC_UNIT) {
-    nbdkit_error ("%s: :compress= needs chunk-size of at least %zuK",
-                  what, CODEC_UNIT / 1024);
-    return NULL;
-  }
   if (req->from[0]) {
     src = registry_find (req->from);
     if (src == NULL || !src->readonly) {

@@ -147,6 +147,12 @@ bad "bad size 'junk'"      name=a:size=junk
 bad "bad size '-1'"        name=a:size=-1
 bad "bad size '8E'"        name=a:size=8E
 bad "size is too long"     "name=a:size=$long256"
+# Compression needs chunks of at least one 16 KiB unit: the default
+# codec and a device's own, each named.
+bad "compress=zstd needs chunk-size" compress=zstd chunk-size=8K
+bad "compress=lz4 needs chunk-size" chunk-size=4K compress=lz4
+bad "name=a: :compress=lz4 needs chunk-size" name=a:compress=lz4 chunk-size=8K
+bad "name=b: :compress=zstd needs" name=a chunk-size=4K name=b:compress=zstd
 # A bare word is a name= (the magic key), checked the same way.
 bad "name=a:ro:rw"         a:ro:rw
 bad "may not contain '/'"  a/b
@@ -161,5 +167,7 @@ good chunk-size=4K
 good chunk-size=1G max-memory=4K
 good max-devices=65536
 good max-devices=1 dynamic=true
+good compress=zstd chunk-size=16K
+good name=a:compress=none chunk-size=4K
 good name=a:rw name=b:ro a2 name=%n%s
 echo "bad-params: $tried command lines tried"
