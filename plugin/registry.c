@@ -4,11 +4,13 @@
  * dynamic=true, by the first client that asks for a new name.  The same
  * name always gives the same data.  A device stays until the plugin is
  * unloaded, except a :temp one, which goes (with its memory) when its
- * last connection closes, once a client has sent it a request, and no
- * clone of it is left; then its name is free again.  A listing (which
- * opens each export to describe it) sends no request, so it never frees
- * a device.  A clone counts as a user of its source, so a source is
- * never freed under a clone, and a request to a clone uses its sources.
+ * last connection closes and no clone of it is left; then its name is
+ * free again.  A temp device a client made goes with its last connection
+ * whatever it did; a declared one waits until a client has sent it a
+ * request, so a listing (which opens each export to describe it, and
+ * sends no request) does not free it before its first user came.  A
+ * clone counts as a user of its source, so a source is never freed
+ * under a clone, and a request to a clone uses its sources.
  *
  * The table lock guards the table and every device's opens and clones
  * counts.  It is taken only at connect and disconnect time (and to list
@@ -247,8 +249,10 @@ registry_create (const struct connect *req, const char *quoted)
   dev = registry_make (req->name,
                        req->size == -1 ? config.size : (uint64_t) req->size,
                        false, req->temp, src, req->compress);
-  if (dev)
-    registry_devices[registry_count++] = dev;  /* lock held: not registry_add */
+  if (dev == NULL)
+    return NULL;
+  dev->dynamic = true;
+  registry_devices[registry_count++] = dev;  /* lock held: not registry_add */
   return dev;
 }
 
@@ -313,8 +317,8 @@ registry_open (const struct connect *req)
 }
 
 /* A connection to dev has closed, having sent requests if used: free
- * dev, and then its sources, while they are temporary, have been used
- * and nothing uses them any more.
+ * dev, and then its sources, while they are temporary, nothing uses them
+ * any more, and they were made by a client's connect or have been used.
  */
 void
 registry_close (struct device *dev, bool used)
@@ -323,8 +327,8 @@ registry_close (struct device *dev, bool used)
   dev->opens--;
   for (struct device *d = dev; used && d; d = d->source)
     d->used = true;
-  while (dev && dev->temp && dev->used && dev->opens == 0 &&
-         dev->clones == 0) {
+  while (dev && dev->temp && (dev->used || dev->dynamic) &&
+         dev->opens == 0 && dev->clones == 0) {
     struct device *source = dev->source;
 
     nbdkit_debug ("device %s: freed (temporary, no connection left)",

@@ -10,7 +10,8 @@
 
 /* A device lives from its creation until registry_free (plugin
  * unload), or, if temp, until its last connection closes and it has no
- * clones left.  The counts are guarded by the registry's lock.
+ * clones left (if declared, only once a request came).  The counts are
+ * guarded by the registry's lock.
  */
 struct device {
   char name[CONNECT_NAME_MAX + 1];
@@ -22,6 +23,7 @@ struct device {
   unsigned opens;               /* connections open on it */
   unsigned clones;              /* devices whose source it is */
   bool used;                    /* a connection sent it a request */
+  bool dynamic;                 /* made by a client's connect */
 };
 
 /* Room for registry_describe's longest description. */

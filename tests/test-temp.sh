@@ -30,10 +30,16 @@
 #     clone: one connection closes while another connects; every connect
 #     gets either the old device (the data is there) or a fresh one (all
 #     zero, or the golden's data), never a refusal or a mix, and the
-#     server survives with no crash or assertion in its log.
+#     server survives with no crash or assertion in its log;
+#  8. a :temp device a client's connect created goes with its last
+#     connection even if no request came: after qemu-img info on
+#     job1:from=g:temp, and after bare handshakes, nothing is left, and
+#     three times max-devices such connects in a row are all served;
+#     a :temp device declared on the command line stays through
+#     listings and handshakes that send no request.
 . "$(dirname "$0")/lib.sh"
 
-for t in nbdinfo nbdsh /usr/bin/python3; do
+for t in nbdinfo nbdsh qemu-img /usr/bin/python3; do
     command -v $t >/dev/null || fail "$t is not installed"
 done
 M=1048576
@@ -61,10 +67,17 @@ def close(h):
     h.shutdown()
 
 def listed():
-    out = subprocess.run(["nbdinfo", "--list", "--json",
-                          "nbd+unix:///?socket=" + sock],
-                         check=True, capture_output=True, text=True).stdout
-    return [e["export-name"] for e in json.loads(out)["exports"]]
+    """The export names.  nbdinfo --list fails if an export it was told
+    of has gone (a temp device closing) by the time it opens it: then
+    ask again, a few times."""
+    for attempt in range(5):
+        p = subprocess.run(["nbdinfo", "--list", "--json",
+                            "nbd+unix:///?socket=" + sock],
+                           capture_output=True, text=True)
+        if p.returncode == 0:
+            return [e["export-name"] for e in json.loads(p.stdout)["exports"]]
+        time.sleep(0.1)
+    sys.exit("nbdinfo --list failed 5 times: " + p.stderr.strip())
 
 def wait_gone(name, secs=10):
     """Poll nbdinfo --list until name is not in it; fail after secs."""
@@ -275,8 +288,8 @@ def cmd_clonerace(image, n):
     """6: a clone of temp golden tgN made while tgN's last connection
     closes: refused (tgN is gone) or a clone that reads as the file and
     keeps tgN alive until it closes; tgN goes in the end.  Every tgN is
-    held by a connection from the start: nbdinfo --list opens each
-    export, which would free an unheld temp device."""
+    held by a connection from the start, whose close races the clone's
+    connect."""
     gold = open(image, "rb").read()
     n = int(n)
     held = [connect("tg%d" % i) for i in range(n)]
@@ -312,6 +325,32 @@ def cmd_clonerace(image, n):
             del c
         wait_gone(src)
     print("clone race: %(clone)d clones made, %(refused)d refused" % got)
+
+def cmd_idle(max_devices):
+    """8: temp devices made by a client's connect, no request sent."""
+    max_devices = int(max_devices)
+    for name in ("job1", "h1", "j2"):
+        wait_gone(name, 5)
+    # Bare handshakes: connect, then close at once.
+    for name in ("h1:size=1M:temp", "j2:from=g:temp"):
+        close(connect(name))
+        wait_gone(name.split(":")[0], 5)
+    # More connects than max-devices: each one's slot must come back.
+    for i in range(3 * max_devices):
+        try:
+            h = connect("idle%d:from=g:temp" % i if i % 2
+                        else "idle%d:size=1M:temp" % i)
+        except nbd.Error as e:
+            sys.exit("connect %d of %d refused: %s" % (i + 1, 3 * max_devices, e))
+        close(h); del h
+    left = [n for n in listed() if n not in ("g", "keepme")]
+    if left:
+        sys.exit("devices left after their last close: %r" % left)
+    # A declared temp device outlives handshakes and listings.
+    close(connect("keepme"))
+    for _ in range(3):
+        if "keepme" not in listed():
+            sys.exit("declared temp keepme freed by a listing or handshake")
 
 getattr(sys.modules[__name__], "cmd_" + sys.argv[1])(*sys.argv[3:])
 EOF
@@ -406,4 +445,13 @@ tp race "$small" 1000 30 || fail "part 7: race"
 echo "race took $(( $(date +%s) - start )) s"
 nbdinfo --list "$(uri '')" >/dev/null || fail "nbdinfo --list after the race"
 no_crash
+# --- 8: a client's temp device with no request. -------------------------------
+start_server idle dynamic=true max-devices=4 "name=g:ro:file=$small" \
+    name=keepme:size=1M:temp
+qemu-img info -f raw "$(uri job1:from=g:temp)" >"$tmp/qi.out" 2>&1 ||
+    { cat "$tmp/qi.out"; fail "qemu-img info on job1:from=g:temp"; }
+tp idle 4 || fail "part 8: temp devices that saw no request"
+no_crash
+stop_server
+
 echo "temp: all checks passed"
