@@ -1,8 +1,11 @@
 /* memblock: the process-wide table of named devices.
  *
- * Devices are created at start-up from the name= parameters and, with
- * dynamic=true, by the first client that asks for a new name.  The same
- * name always gives the same data.  A device stays until the plugin is
+ * Devices are created at start-up from the name= parameters (declare.c)
+ * and, with dynamic=true, by the first client whose connect string asks
+ * for a new one: a name with at least one option other than :ro.  A bare
+ * name only ever finds a device, so a listing, the default export or a
+ * client naming a device that has just gone never brings it back.  The
+ * same name always gives the same data.  A device stays until the plugin is
  * unloaded, except a :temp one, which goes (with its memory) when its
  * last connection closes and no clone of it is left; then its name is
  * free again.  A temp device a client made goes with its last connection
@@ -17,7 +20,8 @@
  * exports), never on the data path: a connection holds a count on its
  * device, so its device pointer stays valid without locking.  A connect
  * racing the last close of a temp device either finds it (and its count
- * keeps it alive) or finds it gone and makes a fresh one.
+ * keeps it alive) or finds it gone and, if it asks for one, makes a
+ * fresh one.
  */
 
 #include <inttypes.h>
@@ -230,6 +234,12 @@ registry_create (const struct connect *req, const char *quoted)
   char what[CONNECT_QUOTE_MAX + 16];
 
   snprintf (what, sizeof what, "export '%s'", quoted);
+  if (!connect_creates (req)) {
+    nbdkit_error ("%s: no such device (with dynamic=true, ask for a new "
+                  "device with an option: '%s:rw', '%s:size=SIZE' or "
+                  "'%s:from=SOURCE')", what, quoted, quoted, quoted);
+    return NULL;
+  }
   if (config_check_device (what, req->compress) == -1)
     return NULL;
   if (req->from[0]) {
@@ -257,8 +267,9 @@ registry_create (const struct connect *req, const char *quoted)
 }
 
 /* The device a client's parsed export name asks for (the first device
- * for an empty name), creating it when dynamic=true, and counted as open
- * until registry_close; NULL after logging why it is refused.  Names are
+ * for an empty name), creating it when dynamic=true and the connect
+ * string asks for one (connect_creates), and counted as open until
+ * registry_close; NULL after logging why it is refused.  Names are
  * valid UTF-8 by now, but are quoted in the log all the same: a client
  * could still send characters such as U+2028 or U+202E.
  */

@@ -4,7 +4,8 @@
 # time or served exactly as documented; the server must never crash,
 # never let a bad name create or corrupt a device, never copy raw
 # control bytes into its log, and keep serving the data it holds.
-# With dynamic=true, creating devices past max-devices is refused
+# With dynamic=true, a bare unknown name creates nothing (only a name
+# with an option does), creating devices past max-devices is refused
 # cleanly, sizes past max-memory are refused, and clients racing to
 # create one name all get the same device.
 . "$(dirname "$0")/lib.sh"
@@ -180,7 +181,9 @@ for name in (b"a" * 4096, b"a" * 257, b"\xff", b"../x", b"a:ro:rw",
              b"x:size=65M", b"x:size=1G", b"x:size=9223372036854775807",
              b"x:bogus", b"x:size=1M:size=1M"):
     expect(name, None)
-expect(b"%n%s", 16 << 20)               # a legal name: created, 16M
+expect(b"%n%s", None)                   # a bare unknown name: no device
+expect(b"%n%s:rw", 16 << 20)            # a legal name with :rw: created, 16M
+expect(b"%n%s", 16 << 20)               # and now found by its bare name
 expect(b"sized:size=64M", 64 << 20)      # exactly max-memory: allowed
 expect(b"sized", 64 << 20)               # same device again
 expect(b"sized:size=32M", None)          # exists with another size
@@ -190,7 +193,7 @@ expect(b"disk0:size=16M", 16 << 20)      # matches the declared size
 results = []
 def racer(i):
     c = Client(sock)
-    r = c.go(b"race")
+    r = c.go(b"race:rw")
     if r[0] == "ok":
         err, _ = c.request(nbdraw.CMD_WRITE, i * 4096, 4096, bytes([i + 1]) * 4096)
         results.append((i, err))
@@ -209,7 +212,7 @@ if data != b"".join(bytes([i + 1]) * 4096 for i in range(8)):
 c.disconnect()
 
 # disk0, %n%s, sized, race: max-devices=4 is reached.
-for name in (b"fifth", b"sixth", b"fifth:size=1M"):
+for name in (b"fifth:rw", b"sixth:temp", b"fifth:size=1M", b"fifth"):
     expect(name, None)
 expect(b"sized", 64 << 20)               # existing devices still open
 expect(b"race", 16 << 20)
@@ -227,4 +230,6 @@ expect_grep "size=68157440 is larger than max-memory=67108864" "$log"
 expect_grep "exists with size 67108864, not 33554432" "$log"
 check_log
 stop_server
+expect_grep "export '%n%s': no such device \(with dynamic=true, ask for a new device with an option: '%n%s:rw'" "$log"
+
 echo "export-names: all hostile names refused or served as documented"

@@ -36,7 +36,11 @@
 #     job1:from=g:temp, and after bare handshakes, nothing is left, and
 #     three times max-devices such connects in a row are all served;
 #     a :temp device declared on the command line stays through
-#     listings and handshakes that send no request.
+#     listings and handshakes that send no request;
+#  9. nbdinfo --list, looping while a client connects to and closes a
+#     temp clone (at most 20 s, 1000 rounds), never brings the clone's
+#     name back as a permanent device: job:from=g:temp keeps working
+#     and at the end only g is listed.
 . "$(dirname "$0")/lib.sh"
 
 for t in nbdinfo nbdsh qemu-img /usr/bin/python3; do
@@ -352,6 +356,46 @@ def cmd_idle(max_devices):
         if "keepme" not in listed():
             sys.exit("declared temp keepme freed by a listing or handshake")
 
+def cmd_listrace(secs, rounds):
+    """9: nbdinfo --list racing the last close of a temp clone."""
+    secs, rounds = float(secs), int(rounds)
+    stop = threading.Event()
+    lists = [0]
+    def lister():
+        while not stop.is_set():
+            # A listed export may go before nbdinfo asks about it: a
+            # failed listing is fine, a device that stays is not.
+            subprocess.run(["nbdinfo", "--list", "nbd+unix:///?socket=" + sock],
+                           capture_output=True)
+            lists[0] += 1
+    threads = [threading.Thread(target=lister) for _ in range(2)]
+    for t in threads:
+        t.start()
+    end = time.time() + secs
+    r = 0
+    try:
+        while r < rounds and time.time() < end:
+            try:
+                h = connect("job:from=g:temp")
+            except nbd.Error as e:
+                sys.exit("round %d: job:from=g:temp refused: %s" % (r, e))
+            if r % 2:
+                h.pread(4096, 0)
+            close(h); del h
+            r += 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    print("list race: %d rounds, %d listings" % (r, lists[0]))
+    if r < 20:
+        sys.exit("only %d rounds in %g s" % (r, secs))
+    wait_gone("job", 5)
+    if listed() != ["g"]:
+        sys.exit("after the race the exports are %r, not just g" % listed())
+    h = connect("job:from=g:temp")
+    close(h)
+
 getattr(sys.modules[__name__], "cmd_" + sys.argv[1])(*sys.argv[3:])
 EOF
 # tp CMD ARGS...: run one part of temp.py against the server on $sock.
@@ -454,4 +498,11 @@ tp idle 4 || fail "part 8: temp devices that saw no request"
 no_crash
 stop_server
 
+# --- 9: listings racing the last close of a temp clone. ------------------------
+start_server lrace dynamic=true "name=g:ro:file=$small"
+tp listrace 20 1000 || fail "part 9: nbdinfo --list against a temp clone's close"
+grep -q 'exists and is not a clone' "$log" &&
+    { grep 'exists and is not a clone' "$log" | head -n 3; fail "part 9: job was refused as not a clone"; }
+no_crash
+stop_server
 echo "temp: all checks passed"
