@@ -5,15 +5,15 @@
  * for a new one: a name with at least one option other than :ro.  A bare
  * name only ever finds a device, so a listing, the default export or a
  * client naming a device that has just gone never brings it back.  The
- * same name always gives the same data.  A device stays until the plugin is
- * unloaded, except a :temp one, which goes (with its memory) when its
- * last connection closes and no clone of it is left; then its name is
- * free again.  A temp device a client made goes with its last connection
- * whatever it did; a declared one waits until a client has sent it a
- * request, so a listing (which opens each export to describe it, and
- * sends no request) does not free it before its first user came.  A
- * clone counts as a user of its source, so a source is never freed
- * under a clone, and a request to a clone uses its sources.
+ * same name always gives the same data.  A device stays until the
+ * plugin is unloaded, except a :temp one, which goes (with its memory)
+ * when its last connection closes and no clone of it is left; then its
+ * name is free again.  A temp device a client made goes with its last
+ * connection whatever it did; a declared one waits until a client has
+ * sent it a request, so a listing (which opens each export to describe
+ * it, and sends no request) does not free it before its first user
+ * came.  A clone counts as a user of its source, so a source is never
+ * freed under a clone, and a request to a clone uses its sources.
  *
  * The table lock guards the table and every device's opens and clones
  * counts.  It is taken only at connect and disconnect time (and to list
@@ -224,20 +224,36 @@ registry_default_name (void)
   return name;
 }
 
-/* Create the device a client asks for with dynamic=true: a clone if
- * req says from=; caller holds the lock.  NULL after logging why.
+/* Make the device a client's connect string asks for, when no device
+ * has its name; caller holds the lock.  Everything that can refuse it
+ * is checked before anything is made, so a refusal leaves the table as
+ * it was.  NULL after logging why.
  */
 static struct device *
-registry_create (const struct connect *req, const char *quoted)
+registry_create (const struct connect *req, const char *quoted,
+                 bool server_readonly)
 {
   struct device *src = NULL, *dev;
   char what[CONNECT_QUOTE_MAX + 16];
 
   snprintf (what, sizeof what, "export '%s'", quoted);
+  if (req->name[0] == '\0') {
+    nbdkit_error ("no device is left to be the default export");
+    return NULL;
+  }
+  if (!config.dynamic) {
+    nbdkit_error ("%s: no such device (declare it with name=, or use "
+                  "dynamic=true)", what);
+    return NULL;
+  }
   if (!connect_creates (req)) {
     nbdkit_error ("%s: no such device (with dynamic=true, ask for a new "
                   "device with an option: '%s:rw', '%s:size=SIZE' or "
                   "'%s:from=SOURCE')", what, quoted, quoted, quoted);
+    return NULL;
+  }
+  if (req->readonly == 0 && server_readonly) {
+    nbdkit_error ("export '%s:rw': the server (-r) is read-only", quoted);
     return NULL;
   }
   if (config_check_device (what, req->compress) == -1)
@@ -266,15 +282,49 @@ registry_create (const struct connect *req, const char *quoted)
   return dev;
 }
 
+/* Whether the connect string req, which found device dev, asks for
+ * something dev is not (logged if so); caller holds the lock.
+ */
+static bool
+registry_mismatch (const struct device *dev, const struct connect *req,
+                   bool server_readonly)
+{
+  if (req->from[0] &&
+      (dev->source == NULL || strcmp (dev->source->name, req->from))) {
+    nbdkit_error ("export '%s': the device exists and is not a clone of "
+                  "that source", dev->label);
+    return true;
+  }
+  if (req->compress != -1 &&
+      (enum codec) req->compress != store_codec (dev->store)) {
+    nbdkit_error ("export '%s': the device exists with compress=%s",
+                  dev->label, codec_name (store_codec (dev->store)));
+    return true;
+  }
+  if (req->size != -1 && (uint64_t) req->size != store_size (dev->store)) {
+    nbdkit_error ("export '%s': the device exists with size %" PRIu64
+                  ", not %" PRIi64, dev->label, store_size (dev->store),
+                  req->size);
+    return true;
+  }
+  if (req->readonly == 0 && (server_readonly || dev->readonly)) {
+    nbdkit_error ("export '%s:rw': %s is read-only", dev->label,
+                  dev->readonly ? "the device" : "the server (-r)");
+    return true;
+  }
+  return false;
+}
+
 /* The device a client's parsed export name asks for (the first device
  * for an empty name), creating it when dynamic=true and the connect
  * string asks for one (connect_creates), and counted as open until
- * registry_close; NULL after logging why it is refused.  Names are
- * valid UTF-8 by now, but are quoted in the log all the same: a client
- * could still send characters such as U+2028 or U+202E.
+ * registry_close; NULL after logging why it is refused.  server_readonly
+ * is nbdkit -r.  Names are valid UTF-8 by now, but are quoted in the log
+ * all the same: a client could still send characters such as U+2028 or
+ * U+202E.
  */
 struct device *
-registry_open (const struct connect *req)
+registry_open (const struct connect *req, bool server_readonly)
 {
   struct device *dev;
   char quoted[CONNECT_QUOTE_MAX];
@@ -298,29 +348,10 @@ registry_open (const struct connect *req)
     dev = registry_count > 0 ? registry_devices[0] : NULL;
   else
     dev = registry_find (req->name);
-  if (dev == NULL && config.dynamic && req->name[0])
-    dev = registry_create (req, quoted);
-  else if (dev == NULL)
-    nbdkit_error ("export '%s': no such device (declare it with name=, "
-                  "or use dynamic=true)", quoted);
-  else if (req->from[0] &&
-           (dev->source == NULL || strcmp (dev->source->name, req->from))) {
-    nbdkit_error ("export '%s': the device exists and is not a clone of "
-                  "that source", dev->label);
+  if (dev == NULL)
+    dev = registry_create (req, quoted, server_readonly);
+  else if (registry_mismatch (dev, req, server_readonly))
     dev = NULL;
-  }
-  else if (req->compress != -1 &&
-           (enum codec) req->compress != store_codec (dev->store)) {
-    nbdkit_error ("export '%s': the device exists with compress=%s",
-                  dev->label, codec_name (store_codec (dev->store)));
-    dev = NULL;
-  }
-  else if (req->size != -1 && (uint64_t) req->size != store_size (dev->store)) {
-    nbdkit_error ("export '%s': the device exists with size %" PRIu64
-                  ", not %" PRIi64, dev->label, store_size (dev->store),
-                  req->size);
-    dev = NULL;
-  }
   if (dev)
     dev->opens++;
   pthread_mutex_unlock (&registry_lock);

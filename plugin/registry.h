@@ -39,7 +39,8 @@ extern struct device *registry_make (const char *name, uint64_t size,
 extern void registry_destroy (struct device *dev);
 extern void registry_add (struct device *dev);
 extern const char *registry_default_name (void);
-extern struct device *registry_open (const struct connect *req);
+extern struct device *registry_open (const struct connect *req,
+                                     bool server_readonly);
 extern void registry_close (struct device *dev, bool used);
 extern int registry_list (int (*fn) (void *opaque, const struct device *dev),
                           void *opaque);
