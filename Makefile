@@ -30,7 +30,7 @@ STORE_SRCS  := plugin/store.c plugin/pagelock.c plugin/acct.c plugin/clone.c \
                plugin/extents.c \
                plugin/chunkdir.c plugin/arena.c plugin/codec.c
 PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c \
-               plugin/registry.c $(STORE_SRCS)
+               plugin/registry.c plugin/declare.c plugin/human.c $(STORE_SRCS)
 HEADERS     := $(wildcard plugin/*.h)
 UNIT_TESTS  := test-core test-clones test-codecs test-races test-memory
 

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -11,7 +12,7 @@
 
 #include "arena.h"
 #include "config.h"
-#include "registry.h"
+#include "human.h"
 #include "store.h"
 
 struct config config = {
@@ -162,14 +163,38 @@ config_set (const char *key, const char *value)
   return -1;
 }
 
-/* The first declared device with its own :compress= codec, or NULL. */
-static const struct connect *
-config_compressed_device (void)
+/* Whether a device may keep its data with codec compress (-1: the
+ * compress= default) beside the other parameters; -1 after logging one
+ * line for the first rule it breaks.  what names the device ("name=a",
+ * "export 'a'"), or is NULL for the compress= default itself.
+ */
+int
+config_check_device (const char *what, int compress)
 {
-  for (size_t i = 0; i < config.ndevices; i++)
-    if (config.devices[i].compress > CODEC_NONE)
-      return &config.devices[i];
-  return NULL;
+  enum codec codec = compress == -1 ? config.compress : (enum codec) compress;
+  const char *sep = what ? ": " : "";
+  char given[32], chunk[32];
+
+  if (codec == CODEC_NONE)
+    return 0;
+  if (what == NULL)
+    what = "";
+  snprintf (given, sizeof given, "%scompress=%s",
+            compress == -1 ? "" : ":", codec_name (codec));
+  if (config.mlock) {
+    nbdkit_error ("%s%s%s cannot go with mlock=true: compressed data is "
+                  "not locked (see LOCKED MEMORY in nbdkit-memblock(1))",
+                  what, sep, given);
+    return -1;
+  }
+  if (((uint64_t) 1 << config.chunk_shift) < CODEC_UNIT) {
+    human_format_size ((uint64_t) 1 << config.chunk_shift,
+                       chunk, sizeof chunk);
+    nbdkit_error ("%s%s%s needs chunk-size of at least %zuK, not %s",
+                  what, sep, given, CODEC_UNIT / 1024, chunk);
+    return -1;
+  }
+  return 0;
 }
 
 /* With mlock=true, check that the kernel lets nbdkit lock all the data
@@ -181,22 +206,10 @@ config_compressed_device (void)
 static int
 config_check_mlock (void)
 {
-  const struct connect *z = config_compressed_device ();
   struct rlimit rl;
   uint64_t want;
   char have[32], need[32];
 
-  if (z != NULL) {
-    nbdkit_error ("mlock=true: not with compressed devices (name=%s "
-                  "has :compress=%s): see LOCKED MEMORY in "
-                  "nbdkit-memblock(1)", z->name, codec_name (z->compress));
-    return -1;
-  }
-  if (config.compress != CODEC_NONE) {
-    nbdkit_error ("mlock=true: not with compress=%s: see LOCKED MEMORY in "
-                  "nbdkit-memblock(1)", codec_name (config.compress));
-    return -1;
-  }
   if (getrlimit (RLIMIT_MEMLOCK, &rl) == -1) {
     nbdkit_error ("mlock=true: getrlimit: %m");
     return -1;
@@ -205,13 +218,13 @@ config_check_mlock (void)
     : rl.rlim_cur == RLIM_INFINITY ? 0 : (uint64_t) rl.rlim_cur + STORE_PAGE;
   if (want == 0 || arena_can_lock (want))
     return 0;
-  registry_format_size (rl.rlim_cur, have, sizeof have);
+  human_format_size (rl.rlim_cur, have, sizeof have);
   if (config.max_memory == UINT64_MAX)
     nbdkit_error ("mlock=true: RLIMIT_MEMLOCK (%s) cannot cover the data "
                   "and max-memory is not set: set max-memory= no larger "
                   "than the limit, or raise it (ulimit -l)", have);
   else {
-    registry_format_size (config.max_memory, need, sizeof need);
+    human_format_size (config.max_memory, need, sizeof need);
     nbdkit_error ("mlock=true: RLIMIT_MEMLOCK (%s) cannot cover "
                   "max-memory=%s: raise it to at least %s "
                   "(ulimit -l %" PRIu64 ") or lower max-memory",
@@ -231,11 +244,14 @@ config_complete (void)
                   config.max_devices, config.ndevices);
     return -1;
   }
-  if (((uint64_t) 1 << config.chunk_shift) < CODEC_UNIT &&
-      (config.compress != CODEC_NONE || config_compressed_device ())) {
-    nbdkit_error ("chunk-size: compressed devices need chunks of at "
-                  "least %zuK", CODEC_UNIT / 1024);
+  if (config_check_device (NULL, -1) == -1)
     return -1;
+  for (size_t i = 0; i < config.ndevices; i++) {
+    char what[CONNECT_NAME_MAX + 8];
+
+    snprintf (what, sizeof what, "name=%s", config.devices[i].name);
+    if (config_check_device (what, config.devices[i].compress) == -1)
+      return -1;
   }
   if (config.mlock && config_check_mlock () == -1)
     return -1;

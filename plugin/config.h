@@ -31,6 +31,7 @@ extern struct config config;
 
 extern int config_set (const char *key, const char *value);
 extern int config_complete (void);
+extern int config_check_device (const char *what, int compress);
 extern void config_free (void);
 
 #define CONFIG_HELP \

@@ -275,6 +275,17 @@ connect_file (const char *path, enum connect_origin origin, const char *what,
   return 0;
 }
 
+/* Whether c asks for a device to be made when none has its name (with
+ * dynamic=true): it carries an option other than :ro.  A bare name, or
+ * one with only :ro, names a device that must exist.
+ */
+bool
+connect_creates (const struct connect *c)
+{
+  return c->readonly == 0 || c->size != -1 || c->from[0] || c->temp ||
+         c->compress != -1;
+}
+
 /* Free what connect_parse allocated in c. */
 void
 connect_free (struct connect *c)

@@ -28,6 +28,7 @@ struct connect {
 
 extern int connect_parse (const char *str, enum connect_origin origin,
                           struct connect *c);
+extern bool connect_creates (const struct connect *c);
 extern void connect_free (struct connect *c);
 extern const char *connect_quote (const char *s, char *buf, size_t len);
 

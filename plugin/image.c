@@ -33,14 +33,16 @@
 #define IMAGE_MAX_THREADS 4
 
 /* Open path for reading as an image; its size in *size.  Returns the
- * descriptor, or -1 after logging a line starting with what.
+ * descriptor, or -1 after logging a line starting with what.  The open
+ * does not block (O_NONBLOCK), so a FIFO is refused at once instead of
+ * waiting for a writer; reads then block as usual.
  */
 int
 image_open (const char *path, const char *what, uint64_t *size)
 {
   struct stat st;
   off_t end;
-  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 
   if (fd == -1) {
     nbdkit_error ("%s: file=%s: cannot open the image: %m", what, path);
@@ -54,7 +56,16 @@ image_open (const char *path, const char *what, uint64_t *size)
   if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode)) {
     nbdkit_error ("%s: file=%s: %s", what, path,
                   S_ISDIR (st.st_mode) ? "is a directory, not an image"
+                  : S_ISFIFO (st.st_mode)
+                  ? "is a FIFO, not a regular file or block device"
+                  : S_ISCHR (st.st_mode)
+                  ? "is a character device, not a regular file or block device"
                   : "is not a regular file or block device");
+    close (fd);
+    return -1;
+  }
+  if (fcntl (fd, F_SETFL, fcntl (fd, F_GETFL) & ~O_NONBLOCK) == -1) {
+    nbdkit_error ("%s: file=%s: fcntl: %m", what, path);
     close (fd);
     return -1;
   }

@@ -19,6 +19,8 @@
 
 #include "config.h"
 #include "connect.h"
+#include "declare.h"
+#include "human.h"
 #include "registry.h"
 #include "store.h"
 
@@ -67,7 +69,7 @@ memblock_dump_plugin (void)
 static int
 memblock_get_ready (void)
 {
-  return registry_init ();
+  return registry_init () == -1 ? -1 : declare_devices ();
 }
 
 /* What memblock_add_export needs. */
@@ -113,31 +115,26 @@ static void *
 memblock_open (int readonly)
 {
   const char *name = nbdkit_export_name ();
-  struct connect req = { .readonly = -1, .size = -1 };
-  struct device *dev;
+  struct connect req = { .readonly = -1, .size = -1, .compress = -1 };
   struct handle *h;
 
   if (name != NULL && *name != '\0' &&
       connect_parse (name, CONNECT_CLIENT, &req) == -1)
     return NULL;
-  if ((dev = registry_open (&req)) == NULL)
-    return NULL;
-  if (req.readonly == 0 && (readonly || dev->readonly)) {
-    nbdkit_error ("export '%s:rw': %s is read-only", dev->label,
-                  dev->readonly ? "the device" : "the server (-r)");
-    registry_close (dev, false);
-    return NULL;
-  }
-
+  /* Nothing may fail after registry_open, which may make the device. */
   h = calloc (1, sizeof *h);
   if (h == NULL) {
     nbdkit_error ("calloc: %m");
-    registry_close (dev, false);
     return NULL;
   }
-  h->dev = dev;
-  h->readonly = readonly || dev->readonly || req.readonly == 1;
-  registry_describe (dev, h->readonly, h->description, sizeof h->description);
+  h->dev = registry_open (&req, readonly);
+  if (h->dev == NULL) {
+    free (h);
+    return NULL;
+  }
+  h->readonly = readonly || h->dev->readonly || req.readonly == 1;
+  registry_describe (h->dev, h->readonly,
+                     h->description, sizeof h->description);
   return h;
 }
 
@@ -239,7 +236,7 @@ memblock_failed (struct handle *h, const char *op,
     nbdkit_error ("%s: %s of %" PRIu32 " bytes at %" PRIu64 ": %m",
                   h->dev->label, op, count, offset);
   else if (!atomic_exchange (&memblock_cap_logged, true)) {
-    registry_format_size (registry_limit.max, cap, sizeof cap);
+    human_format_size (registry_limit.max, cap, sizeof cap);
     nbdkit_error ("%s: %s of %" PRIu32 " bytes at %" PRIu64 " refused "
                   "with ENOSPC: max-memory (%s) is all in use; trim or "
                   "zero data to free some (further refusals are not "

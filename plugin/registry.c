@@ -1,36 +1,40 @@
 /* memblock: the process-wide table of named devices.
  *
- * Devices are created at start-up from the name= parameters and, with
- * dynamic=true, by the first client that asks for a new name.  The same
- * name always gives the same data.  A device stays until the plugin is
- * unloaded, except a :temp one, which goes (with its memory) when its
- * last connection closes, once a client has sent it a request, and no
- * clone of it is left; then its name is free again.  A listing (which
- * opens each export to describe it) sends no request, so it never frees
- * a device.  A clone counts as a user of its source, so a source is
- * never freed under a clone, and a request to a clone uses its sources.
+ * Devices are created at start-up from the name= parameters (declare.c)
+ * and, with dynamic=true, by the first client whose connect string asks
+ * for a new one: a name with at least one option other than :ro.  A bare
+ * name only ever finds a device, so a listing, the default export or a
+ * client naming a device that has just gone never brings it back.  The
+ * same name always gives the same data.  A device stays until the
+ * plugin is unloaded, except a :temp one, which goes (with its memory)
+ * when its last connection closes and no clone of it is left; then its
+ * name is free again.  A temp device a client made goes with its last
+ * connection whatever it did; a declared one waits until a client has
+ * sent it a request, so a listing (which opens each export to describe
+ * it, and sends no request) does not free it before its first user
+ * came.  A clone counts as a user of its source, so a source is never
+ * freed under a clone, and a request to a clone uses its sources.
  *
  * The table lock guards the table and every device's opens and clones
  * counts.  It is taken only at connect and disconnect time (and to list
  * exports), never on the data path: a connection holds a count on its
  * device, so its device pointer stays valid without locking.  A connect
  * racing the last close of a temp device either finds it (and its count
- * keeps it alive) or finds it gone and makes a fresh one.
+ * keeps it alive) or finds it gone and, if it asks for one, makes a
+ * fresh one.
  */
 
-#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
 #include "config.h"
-#include "image.h"
+#include "human.h"
 #include "registry.h"
 
 struct store_limit registry_limit;
@@ -38,45 +42,6 @@ struct store_limit registry_limit;
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct device **registry_devices;  /* config.max_devices slots */
 static size_t registry_count;
-
-static const char registry_units[][4] = {
-  "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"
-};
-
-/* Human form of a size: "16 MiB" when exact, else "1000 bytes". */
-void
-registry_format_size (uint64_t size, char *buf, size_t len)
-{
-  int u = -1;
-
-  while (u < 5 && size >= 1024 && size % 1024 == 0) {
-    size /= 1024;
-    u++;
-  }
-  if (u < 0)
-    snprintf (buf, len, "%" PRIu64 " bytes", size);
-  else
-    snprintf (buf, len, "%" PRIu64 " %s", size, registry_units[u]);
-}
-
-/* Human form of an amount of memory: "14 MiB", "1.3 GiB". */
-static void
-registry_format_amount (uint64_t bytes, char *buf, size_t len)
-{
-  int u = -1;
-  double v = bytes;
-
-  while (u < 5 && v >= 1024) {
-    v /= 1024;
-    u++;
-  }
-  if (u < 0)
-    snprintf (buf, len, "%" PRIu64 " bytes", bytes);
-  else if (bytes % ((uint64_t) 1024 << (10 * u)) == 0)
-    snprintf (buf, len, "%.0f %s", v, registry_units[u]);
-  else
-    snprintf (buf, len, "%.1f %s", v, registry_units[u]);
-}
 
 /* Describe dev as seen read-only or not:
  * "2 GiB, read-write, clone of golden, 14 MiB in memory", or for a
@@ -89,12 +54,12 @@ registry_describe (const struct device *dev, bool readonly,
   char human[32], held[32], data[32], memory[80];
   enum codec codec = store_codec (dev->store);
 
-  registry_format_size (store_size (dev->store), human, sizeof human);
-  registry_format_amount (store_allocated (dev->store), held, sizeof held);
+  human_format_size (store_size (dev->store), human, sizeof human);
+  human_format_amount (store_allocated (dev->store), held, sizeof held);
   if (codec == CODEC_NONE)
     snprintf (memory, sizeof memory, "%s in memory", held);
   else {
-    registry_format_amount (store_data (dev->store), data, sizeof data);
+    human_format_amount (store_data (dev->store), data, sizeof data);
     snprintf (memory, sizeof memory, "%s of data in %s (%s)", data, held,
               codec_name (codec));
   }
@@ -117,30 +82,22 @@ registry_find (const char *name)
   return NULL;
 }
 
-/* Create a device (a clone of source if not NULL) and add it to the
- * table; caller holds the lock.  NULL after logging why.
+/* Make a device (a clone of source if not NULL), not yet in the table:
+ * registry_add puts it there, registry_destroy frees it.  NULL after
+ * logging why.
  */
-static struct device *
-registry_add (const char *name, uint64_t size, bool readonly, bool temp,
-              struct device *source, int compress)
+struct device *
+registry_make (const char *name, uint64_t size, bool readonly, bool temp,
+               struct device *source, int compress)
 {
-  struct device *dev;
-  char quoted[CONNECT_QUOTE_MAX];
+  struct device *dev = calloc (1, sizeof *dev);
 
-  connect_quote (name, quoted, sizeof quoted);
-  if (registry_count >= config.max_devices) {
-    nbdkit_error ("cannot create device '%s': max-devices=%u reached",
-                  quoted, config.max_devices);
-    errno = ENOSPC;
-    return NULL;
-  }
-  dev = calloc (1, sizeof *dev);
   if (dev == NULL) {
     nbdkit_error ("calloc: %m");
     return NULL;
   }
   strcpy (dev->name, name);
-  strcpy (dev->label, quoted);
+  connect_quote (name, dev->label, sizeof dev->label);
   dev->readonly = readonly;
   dev->temp = temp;
   dev->source = source;
@@ -152,15 +109,51 @@ registry_add (const char *name, uint64_t size, bool readonly, bool temp,
                        compress == -1 ? config.compress
                                       : (enum codec) compress) == -1 ||
       (config.mlock && store_set_mlock (dev->store) == -1)) {
-    nbdkit_error ("cannot create device '%s': %m", quoted);
+    nbdkit_error ("cannot create device '%s': %m", dev->label);
     store_destroy (dev->store);
     free (dev);
     return NULL;
   }
   if (source)
     source->clones++;
-  registry_devices[registry_count++] = dev;
   return dev;
+}
+
+/* Free a device registry_make made that is not in the table (nor the
+ * source of another).
+ */
+void
+registry_destroy (struct device *dev)
+{
+  if (dev->source)
+    dev->source->clones--;
+  store_destroy (dev->store);
+  free (dev);
+}
+
+/* Whether the table has no room for one more device (logged, naming
+ * the device label); caller holds the lock.
+ */
+static bool
+registry_full (const char *label)
+{
+  if (registry_count < config.max_devices)
+    return false;
+  nbdkit_error ("cannot create device '%s': max-devices=%u reached",
+                label, config.max_devices);
+  return true;
+}
+
+/* Put a device registry_make made at the end of the table, which has
+ * room for it: config_complete keeps the declared devices within
+ * max-devices, and a client's device is made only after registry_full.
+ */
+void
+registry_add (struct device *dev)
+{
+  pthread_mutex_lock (&registry_lock);
+  registry_devices[registry_count++] = dev;
+  pthread_mutex_unlock (&registry_lock);
 }
 
 /* Take dev out of the table and free it; caller holds the lock. */
@@ -174,157 +167,21 @@ registry_remove (struct device *dev)
   memmove (&registry_devices[i], &registry_devices[i + 1],
            (registry_count - i - 1) * sizeof *registry_devices);
   registry_count--;
-  if (dev->source)
-    dev->source->clones--;
-  store_destroy (dev->store);
-  free (dev);
+  registry_destroy (dev);
 }
 
-/* The declared device called name, or NULL. */
-static const struct connect *
-registry_declared (const char *name)
-{
-  for (size_t i = 0; i < config.ndevices; i++)
-    if (strcmp (config.devices[i].name, name) == 0)
-      return &config.devices[i];
-  return NULL;
-}
-
-/* Whether the source chain from c comes back to c: print the cycle
- * into buf if so.
- */
-static bool
-registry_cycle (const struct connect *c, char *buf, size_t len)
-{
-  const struct connect *at = c;
-  size_t o = 0, steps;
-
-  for (steps = 0; steps <= config.ndevices; steps++) {
-    const struct connect *next = at->from[0] ? registry_declared (at->from)
-                                             : NULL;
-
-    o += snprintf (buf + o, o < len ? len - o : 0, "%s%s",
-                   steps ? " -> " : "", at->name);
-    if (next == NULL)
-      return false;
-    if (next == c) {
-      snprintf (buf + o, o < len ? len - o : 0, " -> %s", c->name);
-      return true;
-    }
-    at = next;
-  }
-  return false;
-}
-
-/* Create declared device c if its source (if any) exists: 1 if made,
- * 0 if its source is not made yet, -1 after logging an error.
- */
-static int
-registry_declare (const struct connect *c)
-{
-  char what[CONNECT_NAME_MAX + 16];
-  struct device *src = NULL, *dev;
-  uint64_t size = c->size == -1 ? config.size : (uint64_t) c->size;
-  uint64_t file_size = 0;
-  int fd = -1;
-
-  snprintf (what, sizeof what, "name=%s", c->name);
-  if (c->from[0]) {
-    if ((src = registry_find (c->from)) == NULL)
-      return 0;
-    if (!src->readonly) {
-      nbdkit_error ("%s: from=%s: the source of a clone must be read-only "
-                    "(declare it name=%s:ro)", what, c->from, c->from);
-      return -1;
-    }
-  }
-  if (c->file) {
-    if ((fd = image_open (c->file, what, &file_size)) == -1)
-      return -1;
-    if (c->size != -1 && file_size > size) {
-      nbdkit_error ("%s: the image (%" PRIu64 " bytes) is larger than "
-                    ":size=%" PRIu64, what, file_size, size);
-      close (fd);
-      return -1;
-    }
-    if (c->size == -1)
-      size = file_size;
-  }
-  dev = registry_add (c->name, size, c->readonly == 1, c->temp, src,
-                      c->compress);
-  if (dev == NULL) {
-    if (fd != -1)
-      close (fd);
-    return -1;
-  }
-  return fd == -1 || image_load (fd, file_size, dev->store, what) == 0
-         ? 1 : -1;
-}
-
-/* Create the declared devices (the .get_ready callback's work): sources
- * before their clones, then the table in the order of declaration.
+/* Make the empty table (the first half of the .get_ready callback's
+ * work; declare_devices does the rest).
  */
 int
 registry_init (void)
 {
-  struct device **made;
-  size_t i, left = config.ndevices;
-  char cycle[512];
-
   registry_limit.max = config.max_memory;
   registry_devices = calloc (config.max_devices, sizeof *registry_devices);
-  made = calloc (config.ndevices, sizeof *made);
-  if (registry_devices == NULL || made == NULL) {
+  if (registry_devices == NULL) {
     nbdkit_error ("calloc: %m");
-    free (made);
     return -1;
   }
-  while (left > 0) {
-    size_t before = left;
-
-    for (i = 0; i < config.ndevices; i++) {
-      int r;
-
-      if (made[i])
-        continue;
-      if ((r = registry_declare (&config.devices[i])) == -1) {
-        free (made);
-        return -1;
-      }
-      if (r == 1) {
-        made[i] = registry_devices[registry_count - 1];
-        left--;
-      }
-    }
-    if (left == before)
-      break;
-  }
-  /* What is left waits for a source never declared, or for a cycle:
-   * with every source declared, following sources through what is left
-   * must come round to one of them.
-   */
-  for (i = 0; i < config.ndevices && left > 0; i++) {
-    const struct connect *c = &config.devices[i];
-
-    if (!made[i] && registry_declared (c->from) == NULL) {
-      nbdkit_error ("name=%s: from=%s: no such device (declare it with "
-                    "name=%s:ro)", c->name, c->from, c->from);
-      free (made);
-      return -1;
-    }
-  }
-  for (i = 0; i < config.ndevices && left > 0; i++) {
-    const struct connect *c = &config.devices[i];
-
-    if (!made[i] && registry_cycle (c, cycle, sizeof cycle)) {
-      nbdkit_error ("name=%s: from=%s: clones cannot form a cycle (%s)",
-                    c->name, c->from, cycle);
-      free (made);
-      return -1;
-    }
-  }
-  memcpy (registry_devices, made, config.ndevices * sizeof *made);
-  free (made);
   return 0;
 }
 
@@ -367,50 +224,107 @@ registry_default_name (void)
   return name;
 }
 
-/* Create the device a client asks for with dynamic=true: a clone if
- * req says from=; caller holds the lock.  NULL after logging why.
+/* Make the device a client's connect string asks for, when no device
+ * has its name; caller holds the lock.  Everything that can refuse it
+ * is checked before anything is made, so a refusal leaves the table as
+ * it was.  NULL after logging why.
  */
 static struct device *
-registry_create (const struct connect *req, const char *quoted)
+registry_create (const struct connect *req, const char *quoted,
+                 bool server_readonly)
 {
-  struct device *src;
+  struct device *src = NULL, *dev;
+  char what[CONNECT_QUOTE_MAX + 16];
 
-  if (req->compress > CODEC_NONE && config.mlock) {
-    nbdkit_error ("export '%s': :compress= is refused with mlock=true",
-                  quoted);
+  snprintf (what, sizeof what, "export '%s'", quoted);
+  if (req->name[0] == '\0') {
+    nbdkit_error ("no device is left to be the default export");
     return NULL;
   }
-  if (req->compress > CODEC_NONE &&
-      ((uint64_t) 1 << config.chunk_shift) < CODEC_UNIT) {
-    nbdkit_error ("export '%s': :compress= needs chunk-size of at least "
-                  "%zuK", quoted, CODEC_UNIT / 1024);
+  if (!config.dynamic) {
+    nbdkit_error ("%s: no such device (declare it with name=, or use "
+                  "dynamic=true)", what);
     return NULL;
   }
-  if (req->from[0] == '\0')
-    return registry_add (req->name,
-                         req->size == -1 ? config.size : (uint64_t) req->size,
-                         false, req->temp, NULL, req->compress);
-  src = registry_find (req->from);
-  if (src == NULL || !src->readonly) {
-    char from[CONNECT_QUOTE_MAX];
+  if (!connect_creates (req)) {
+    nbdkit_error ("%s: no such device (with dynamic=true, ask for a new "
+                  "device with an option: '%s:rw', '%s:size=SIZE' or "
+                  "'%s:from=SOURCE')", what, quoted, quoted, quoted);
+    return NULL;
+  }
+  if (req->readonly == 0 && server_readonly) {
+    nbdkit_error ("export '%s:rw': the server (-r) is read-only", quoted);
+    return NULL;
+  }
+  if (config_check_device (what, req->compress) == -1)
+    return NULL;
+  if (req->from[0]) {
+    src = registry_find (req->from);
+    if (src == NULL || !src->readonly) {
+      char from[CONNECT_QUOTE_MAX];
 
-    nbdkit_error ("export '%s': from=%s: %s", quoted,
-                  connect_quote (req->from, from, sizeof from),
-                  src ? "the source of a clone must be a read-only device"
-                      : "no such device");
-    return NULL;
+      nbdkit_error ("%s: from=%s: %s", what,
+                    connect_quote (req->from, from, sizeof from),
+                    src ? "the source of a clone must be a read-only device"
+                        : "no such device");
+      return NULL;
+    }
   }
-  return registry_add (req->name, 0, false, req->temp, src, req->compress);
+  if (registry_full (quoted))
+    return NULL;
+  dev = registry_make (req->name,
+                       req->size == -1 ? config.size : (uint64_t) req->size,
+                       false, req->temp, src, req->compress);
+  if (dev == NULL)
+    return NULL;
+  dev->dynamic = true;
+  registry_devices[registry_count++] = dev;  /* lock held: not registry_add */
+  return dev;
+}
+
+/* Whether the connect string req, which found device dev, asks for
+ * something dev is not (logged if so); caller holds the lock.
+ */
+static bool
+registry_mismatch (const struct device *dev, const struct connect *req,
+                   bool server_readonly)
+{
+  if (req->from[0] &&
+      (dev->source == NULL || strcmp (dev->source->name, req->from))) {
+    nbdkit_error ("export '%s': the device exists and is not a clone of "
+                  "that source", dev->label);
+    return true;
+  }
+  if (req->compress != -1 &&
+      (enum codec) req->compress != store_codec (dev->store)) {
+    nbdkit_error ("export '%s': the device exists with compress=%s",
+                  dev->label, codec_name (store_codec (dev->store)));
+    return true;
+  }
+  if (req->size != -1 && (uint64_t) req->size != store_size (dev->store)) {
+    nbdkit_error ("export '%s': the device exists with size %" PRIu64
+                  ", not %" PRIi64, dev->label, store_size (dev->store),
+                  req->size);
+    return true;
+  }
+  if (req->readonly == 0 && (server_readonly || dev->readonly)) {
+    nbdkit_error ("export '%s:rw': %s is read-only", dev->label,
+                  dev->readonly ? "the device" : "the server (-r)");
+    return true;
+  }
+  return false;
 }
 
 /* The device a client's parsed export name asks for (the first device
- * for an empty name), creating it when dynamic=true, and counted as open
- * until registry_close; NULL after logging why it is refused.  Names are
- * valid UTF-8 by now, but are quoted in the log all the same: a client
- * could still send characters such as U+2028 or U+202E.
+ * for an empty name), creating it when dynamic=true and the connect
+ * string asks for one (connect_creates), and counted as open until
+ * registry_close; NULL after logging why it is refused.  server_readonly
+ * is nbdkit -r.  Names are valid UTF-8 by now, but are quoted in the log
+ * all the same: a client could still send characters such as U+2028 or
+ * U+202E.
  */
 struct device *
-registry_open (const struct connect *req)
+registry_open (const struct connect *req, bool server_readonly)
 {
   struct device *dev;
   char quoted[CONNECT_QUOTE_MAX];
@@ -434,29 +348,10 @@ registry_open (const struct connect *req)
     dev = registry_count > 0 ? registry_devices[0] : NULL;
   else
     dev = registry_find (req->name);
-  if (dev == NULL && config.dynamic && req->name[0])
-    dev = registry_create (req, quoted);
-  else if (dev == NULL)
-    nbdkit_error ("export '%s': no such device (declare it with name=, "
-                  "or use dynamic=true)", quoted);
-  else if (req->from[0] &&
-           (dev->source == NULL || strcmp (dev->source->name, req->from))) {
-    nbdkit_error ("export '%s': the device exists and is not a clone of "
-                  "that source", dev->label);
+  if (dev == NULL)
+    dev = registry_create (req, quoted, server_readonly);
+  else if (registry_mismatch (dev, req, server_readonly))
     dev = NULL;
-  }
-  else if (req->compress != -1 &&
-           (enum codec) req->compress != store_codec (dev->store)) {
-    nbdkit_error ("export '%s': the device exists with compress=%s",
-                  dev->label, codec_name (store_codec (dev->store)));
-    dev = NULL;
-  }
-  else if (req->size != -1 && (uint64_t) req->size != store_size (dev->store)) {
-    nbdkit_error ("export '%s': the device exists with size %" PRIu64
-                  ", not %" PRIi64, dev->label, store_size (dev->store),
-                  req->size);
-    dev = NULL;
-  }
   if (dev)
     dev->opens++;
   pthread_mutex_unlock (&registry_lock);
@@ -464,8 +359,8 @@ registry_open (const struct connect *req)
 }
 
 /* A connection to dev has closed, having sent requests if used: free
- * dev, and then its sources, while they are temporary, have been used
- * and nothing uses them any more.
+ * dev, and then its sources, while they are temporary, nothing uses them
+ * any more, and they were made by a client's connect or have been used.
  */
 void
 registry_close (struct device *dev, bool used)
@@ -474,8 +369,8 @@ registry_close (struct device *dev, bool used)
   dev->opens--;
   for (struct device *d = dev; used && d; d = d->source)
     d->used = true;
-  while (dev && dev->temp && dev->used && dev->opens == 0 &&
-         dev->clones == 0) {
+  while (dev && dev->temp && (dev->used || dev->dynamic) &&
+         dev->opens == 0 && dev->clones == 0) {
     struct device *source = dev->source;
 
     nbdkit_debug ("device %s: freed (temporary, no connection left)",

@@ -105,17 +105,21 @@ for e in 'export="disk0"' 'description: 16 MiB, read-write' \
 done
 stop_server
 
-# dynamic=true: a new name creates a device on connect; it persists, a
-# client may pick its size, and max-devices bounds the count.
+# dynamic=true: a new name with an option (here :rw) creates a device on
+# connect; it persists and is found again by its bare name, a client may
+# pick its size, and max-devices bounds the count.  A bare unknown name
+# creates nothing and the log says how to ask for a new device.
 start_server dyn size=8M dynamic=true max-devices=3
-nbdsh_run fresh '
+expect_fail "a bare unknown name with dynamic=true" nbdsh_run fresh 'pass'
+expect_grep "export 'fresh': no such device \(with dynamic=true, ask for a new device with an option: 'fresh:rw'" "$log"
+nbdsh_run fresh:rw '
 assert h.get_size() == 8 * 1024 * 1024
 assert h.pread(8, 0) == bytes(8)
 h.pwrite(b"fresh!", 0)
 ' || fail "dynamic creation"
 nbdsh_run fresh 'assert h.pread(6, 0) == b"fresh!"' || fail "dynamic device lost data"
 nbdsh_run big:size=1G 'assert h.get_size() == 1024**3' || fail "dynamic size"
-expect_fail "dynamic over max-devices" nbdsh_run third 'pass'
+expect_fail "dynamic over max-devices" nbdsh_run third:rw 'pass'
 expect_grep "max-devices=3 reached" "$log"
 nbdinfo --list "nbd+unix://?socket=$sock" >"$tmp/list"
 for e in disk0 fresh big; do

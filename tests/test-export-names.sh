@@ -4,9 +4,13 @@
 # time or served exactly as documented; the server must never crash,
 # never let a bad name create or corrupt a device, never copy raw
 # control bytes into its log, and keep serving the data it holds.
-# With dynamic=true, creating devices past max-devices is refused
+# With dynamic=true, a bare unknown name creates nothing (only a name
+# with an option does), creating devices past max-devices is refused
 # cleanly, sizes past max-memory are refused, and clients racing to
-# create one name all get the same device.
+# create one name all get the same device.  Every refusal leaves the
+# table as it was: under nbdkit -r a :rw connect creates nothing, and
+# neither does one refused for its size, codec, source or max-devices;
+# afterwards every max-devices slot can still be filled.
 . "$(dirname "$0")/lib.sh"
 
 # tests/nbdraw.py, imported without leaving __pycache__ in the tree.
@@ -180,7 +184,9 @@ for name in (b"a" * 4096, b"a" * 257, b"\xff", b"../x", b"a:ro:rw",
              b"x:size=65M", b"x:size=1G", b"x:size=9223372036854775807",
              b"x:bogus", b"x:size=1M:size=1M"):
     expect(name, None)
-expect(b"%n%s", 16 << 20)               # a legal name: created, 16M
+expect(b"%n%s", None)                   # a bare unknown name: no device
+expect(b"%n%s:rw", 16 << 20)            # a legal name with :rw: created, 16M
+expect(b"%n%s", 16 << 20)               # and now found by its bare name
 expect(b"sized:size=64M", 64 << 20)      # exactly max-memory: allowed
 expect(b"sized", 64 << 20)               # same device again
 expect(b"sized:size=32M", None)          # exists with another size
@@ -190,7 +196,7 @@ expect(b"disk0:size=16M", 16 << 20)      # matches the declared size
 results = []
 def racer(i):
     c = Client(sock)
-    r = c.go(b"race")
+    r = c.go(b"race:rw")
     if r[0] == "ok":
         err, _ = c.request(nbdraw.CMD_WRITE, i * 4096, 4096, bytes([i + 1]) * 4096)
         results.append((i, err))
@@ -209,7 +215,7 @@ if data != b"".join(bytes([i + 1]) * 4096 for i in range(8)):
 c.disconnect()
 
 # disk0, %n%s, sized, race: max-devices=4 is reached.
-for name in (b"fifth", b"sixth", b"fifth:size=1M"):
+for name in (b"fifth:rw", b"sixth:temp", b"fifth:size=1M", b"fifth"):
     expect(name, None)
 expect(b"sized", 64 << 20)               # existing devices still open
 expect(b"race", 16 << 20)
@@ -225,6 +231,94 @@ kill -0 "$server_pid" || fail "server died"
 expect_grep "cannot create device 'fifth': max-devices=4 reached" "$log"
 expect_grep "size=68157440 is larger than max-memory=67108864" "$log"
 expect_grep "exists with size 67108864, not 33554432" "$log"
+check_log
+stop_server
+expect_grep "export '%n%s': no such device \(with dynamic=true, ask for a new device with an option: '%n%s:rw'" "$log"
+
+# --- Refusals leave the table as it was --------------------------------
+# refusals PYTHON: run PYTHON with refused(name), served(name, size, ro)
+# and exports(names) against the server on $sock.
+refusals() {
+    /usr/bin/python3 - "$sock" "$1" <<'EOF'
+import sys, nbdraw
+from nbdraw import Client
+sock = sys.argv[1]
+bad = 0
+
+def refused(name):
+    global bad
+    c = Client(sock)
+    r = c.go(name)
+    c.close()
+    if r[0] == "ok":
+        print("FAIL: %r was served: %r" % (name, r)); bad += 1
+
+def served(name, size, ro):
+    global bad
+    c = Client(sock)
+    r = c.go(name)
+    if r[0] != "ok" or r[1] != size or bool(r[2] & nbdraw.FLAG_READ_ONLY) != ro:
+        print("FAIL: %r: want size %d, %s; got %r"
+              % (name, size, "read-only" if ro else "read-write", r)); bad += 1
+    if r[0] == "ok":
+        c.disconnect()
+    else:
+        c.close()
+
+def exports(want):
+    global bad
+    c = Client(sock)
+    names = c.list()
+    c.abort()
+    if names != want:
+        print("FAIL: exports are %r, not %r" % (names, want)); bad += 1
+
+exec(sys.argv[2])
+sys.exit(1 if bad else 0)
+EOF
+}
+
+# nbdkit -r, dynamic=true, max-devices=4 with two declared: :rw is
+# refused for new names and old ones alike, and takes no slot.
+saved_extra=${NBDKIT_EXTRA:-}
+NBDKIT_EXTRA="$saved_extra -r"
+start_server ro dynamic=true max-devices=4 name=g:ro:size=1M name=w:size=1M
+NBDKIT_EXTRA=$saved_extra
+refusals '
+for name in (b"n1:rw", b"n2:rw:temp", b"n3:rw:from=g", b"n4:size=1M:rw",
+             b"n5:from=g:temp:rw", b"n6:rw:compress=lz4", b"w:rw", b"g:rw"):
+    for _ in range(3):
+        refused(name)
+exports([b"g", b"w"])
+served(b"s1:size=2M", 2 << 20, True)        # the two free slots: still free
+served(b"s2:from=g", 1 << 20, True)
+refused(b"s3:size=1M")                      # max-devices=4: full now
+exports([b"g", b"w", b"s1", b"s2"])
+' || fail "-r: a refused :rw connect changed the table"
+kill -0 "$server_pid" || fail "server died"
+expect_grep "export 'n1:rw': the server \(-r\) is read-only" "$log"
+expect_grep "export 'w:rw': the server \(-r\) is read-only" "$log"
+check_log
+stop_server
+
+# Every other refusal of a new name: size, codec, source, max-devices.
+start_server full dynamic=true max-devices=4 max-memory=8M chunk-size=4K \
+    name=g:ro:size=1M name=w:size=1M
+refusals '
+for name in (b"x:size=9M", b"x:size=9M:temp", b"x:compress=zstd",
+             b"x:from=g:compress=lz4", b"x:from=nosuch", b"x:from=w",
+             b"x:from=x", b"x:from=g:size=1M", b"g:rw", b"g:size=2M",
+             b"w:from=g", b"w:compress=lz4", b"x", b"x:ro"):
+    refused(name)
+exports([b"g", b"w"])
+served(b"a1:rw", 16 << 20, False)
+served(b"a2:from=g", 1 << 20, False)
+refused(b"a3:rw")                           # max-devices=4: full now
+refused(b"a3:from=g:temp")
+exports([b"g", b"w", b"a1", b"a2"])
+' || fail "a refused connect changed the table"
+kill -0 "$server_pid" || fail "server died"
+expect_grep "cannot create device 'a3': max-devices=4 reached" "$log"
 check_log
 stop_server
 echo "export-names: all hostile names refused or served as documented"

@@ -30,10 +30,20 @@
 #     clone: one connection closes while another connects; every connect
 #     gets either the old device (the data is there) or a fresh one (all
 #     zero, or the golden's data), never a refusal or a mix, and the
-#     server survives with no crash or assertion in its log.
+#     server survives with no crash or assertion in its log;
+#  8. a :temp device a client's connect created goes with its last
+#     connection even if no request came: after qemu-img info on
+#     job1:from=g:temp, and after bare handshakes, nothing is left, and
+#     three times max-devices such connects in a row are all served;
+#     a :temp device declared on the command line stays through
+#     listings and handshakes that send no request;
+#  9. nbdinfo --list, looping while a client connects to and closes a
+#     temp clone (at most 20 s, 1000 rounds), never brings the clone's
+#     name back as a permanent device: job:from=g:temp keeps working
+#     and at the end only g is listed.
 . "$(dirname "$0")/lib.sh"
 
-for t in nbdinfo nbdsh /usr/bin/python3; do
+for t in nbdinfo nbdsh qemu-img /usr/bin/python3; do
     command -v $t >/dev/null || fail "$t is not installed"
 done
 M=1048576
@@ -61,10 +71,17 @@ def close(h):
     h.shutdown()
 
 def listed():
-    out = subprocess.run(["nbdinfo", "--list", "--json",
-                          "nbd+unix:///?socket=" + sock],
-                         check=True, capture_output=True, text=True).stdout
-    return [e["export-name"] for e in json.loads(out)["exports"]]
+    """The export names.  nbdinfo --list fails if an export it was told
+    of has gone (a temp device closing) by the time it opens it: then
+    ask again, a few times."""
+    for attempt in range(5):
+        p = subprocess.run(["nbdinfo", "--list", "--json",
+                            "nbd+unix:///?socket=" + sock],
+                           capture_output=True, text=True)
+        if p.returncode == 0:
+            return [e["export-name"] for e in json.loads(p.stdout)["exports"]]
+        time.sleep(0.1)
+    sys.exit("nbdinfo --list failed 5 times: " + p.stderr.strip())
 
 def wait_gone(name, secs=10):
     """Poll nbdinfo --list until name is not in it; fail after secs."""
@@ -275,8 +292,8 @@ def cmd_clonerace(image, n):
     """6: a clone of temp golden tgN made while tgN's last connection
     closes: refused (tgN is gone) or a clone that reads as the file and
     keeps tgN alive until it closes; tgN goes in the end.  Every tgN is
-    held by a connection from the start: nbdinfo --list opens each
-    export, which would free an unheld temp device."""
+    held by a connection from the start, whose close races the clone's
+    connect."""
     gold = open(image, "rb").read()
     n = int(n)
     held = [connect("tg%d" % i) for i in range(n)]
@@ -312,6 +329,72 @@ def cmd_clonerace(image, n):
             del c
         wait_gone(src)
     print("clone race: %(clone)d clones made, %(refused)d refused" % got)
+
+def cmd_idle(max_devices):
+    """8: temp devices made by a client's connect, no request sent."""
+    max_devices = int(max_devices)
+    for name in ("job1", "h1", "j2"):
+        wait_gone(name, 5)
+    # Bare handshakes: connect, then close at once.
+    for name in ("h1:size=1M:temp", "j2:from=g:temp"):
+        close(connect(name))
+        wait_gone(name.split(":")[0], 5)
+    # More connects than max-devices: each one's slot must come back.
+    for i in range(3 * max_devices):
+        try:
+            h = connect("idle%d:from=g:temp" % i if i % 2
+                        else "idle%d:size=1M:temp" % i)
+        except nbd.Error as e:
+            sys.exit("connect %d of %d refused: %s" % (i + 1, 3 * max_devices, e))
+        close(h); del h
+    left = [n for n in listed() if n not in ("g", "keepme")]
+    if left:
+        sys.exit("devices left after their last close: %r" % left)
+    # A declared temp device outlives handshakes and listings.
+    close(connect("keepme"))
+    for _ in range(3):
+        if "keepme" not in listed():
+            sys.exit("declared temp keepme freed by a listing or handshake")
+
+def cmd_listrace(secs, rounds):
+    """9: nbdinfo --list racing the last close of a temp clone."""
+    secs, rounds = float(secs), int(rounds)
+    stop = threading.Event()
+    lists = [0]
+    def lister():
+        while not stop.is_set():
+            # A listed export may go before nbdinfo asks about it: a
+            # failed listing is fine, a device that stays is not.
+            subprocess.run(["nbdinfo", "--list", "nbd+unix:///?socket=" + sock],
+                           capture_output=True)
+            lists[0] += 1
+    threads = [threading.Thread(target=lister) for _ in range(2)]
+    for t in threads:
+        t.start()
+    end = time.time() + secs
+    r = 0
+    try:
+        while r < rounds and time.time() < end:
+            try:
+                h = connect("job:from=g:temp")
+            except nbd.Error as e:
+                sys.exit("round %d: job:from=g:temp refused: %s" % (r, e))
+            if r % 2:
+                h.pread(4096, 0)
+            close(h); del h
+            r += 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    print("list race: %d rounds, %d listings" % (r, lists[0]))
+    if r < 20:
+        sys.exit("only %d rounds in %g s" % (r, secs))
+    wait_gone("job", 5)
+    if listed() != ["g"]:
+        sys.exit("after the race the exports are %r, not just g" % listed())
+    h = connect("job:from=g:temp")
+    close(h)
 
 getattr(sys.modules[__name__], "cmd_" + sys.argv[1])(*sys.argv[3:])
 EOF
@@ -406,4 +489,20 @@ tp race "$small" 1000 30 || fail "part 7: race"
 echo "race took $(( $(date +%s) - start )) s"
 nbdinfo --list "$(uri '')" >/dev/null || fail "nbdinfo --list after the race"
 no_crash
+# --- 8: a client's temp device with no request. -------------------------------
+start_server idle dynamic=true max-devices=4 "name=g:ro:file=$small" \
+    name=keepme:size=1M:temp
+qemu-img info -f raw "$(uri job1:from=g:temp)" >"$tmp/qi.out" 2>&1 ||
+    { cat "$tmp/qi.out"; fail "qemu-img info on job1:from=g:temp"; }
+tp idle 4 || fail "part 8: temp devices that saw no request"
+no_crash
+stop_server
+
+# --- 9: listings racing the last close of a temp clone. ------------------------
+start_server lrace dynamic=true "name=g:ro:file=$small"
+tp listrace 20 1000 || fail "part 9: nbdinfo --list against a temp clone's close"
+grep -q 'exists and is not a clone' "$log" &&
+    { grep 'exists and is not a clone' "$log" | head -n 3; fail "part 9: job was refused as not a clone"; }
+no_crash
+stop_server
 echo "temp: all checks passed"

@@ -70,7 +70,7 @@ EOF
 
 # Two connections left open, one of them with data in flight, while the
 # server is told to quit.
-/usr/bin/python3 - "$(uri disk0)" "$(uri dyn2)" "$tmp/held" <<'EOF' >"$tmp/held.out" 2>&1 &
+/usr/bin/python3 - "$(uri disk0)" "$(uri dyn2:rw)" "$tmp/held" <<'EOF' >"$tmp/held.out" 2>&1 &
 import os, sys, time, nbd
 hs = []
 for u in sys.argv[1:3]:
