@@ -16,7 +16,7 @@
  *       the counters move down only after the memory has gone.
  *   I6  Chunks count too: creating one charges its header and bitmaps,
  *       the backend's table and the directory nodes it needs, with
- *       malloc's overhead (store_chunk_cost), to the limit and to
+ *       malloc's overhead (acct_chunk_cost), to the limit and to
  *       store_metadata.  A request that may create chunks reserves their
  *       cost with its data, before anything changes (acct_prepay), so
  *       ENOSPC still changes nothing; a chunk's cost stays counted until
@@ -58,6 +58,35 @@ acct_reserve (struct store *s, struct tally *t, uint64_t bytes)
                                                    memory_order_relaxed));
   t->reserved += bytes;
   return 0;
+}
+
+/* What creating the chunk at idx costs now (I6): its header and
+ * bitmaps, the backend's table, the directory nodes it needs but for
+ * those the chunk at prev (counted before; UINT64_MAX for none) needs
+ * too.  Nodes are never freed, so the cost only falls as other chunks
+ * are created.
+ */
+uint64_t
+acct_chunk_cost (const struct store *s, uint64_t idx, uint64_t prev)
+{
+  return STORE_MALLOC_COST (store_header_bytes (s)) + s->ops->chunk_bytes (s)
+         + chunkdir_missing_nodes (&s->dir, idx, prev)
+           * STORE_MALLOC_COST (CHUNKDIR_NODE_BYTES);
+}
+
+/* What store_grow will spend on the chunk at idx for a write of the n
+ * bytes at in there (prev as for acct_chunk_cost): nothing unless it is
+ * missing and must be made (non-zero data, or a source that may show
+ * through).
+ */
+uint64_t
+acct_grow_cost (const struct store *s, uint64_t idx, uint64_t prev,
+                 const unsigned char *in, uint64_t n)
+{
+  if (chunkdir_get (&s->dir, idx) != NULL ||
+      (store_is_zero (in, n) && !clone_source_has_chunk (s, idx)))
+    return 0;
+  return acct_chunk_cost (s, idx, prev);
 }
 
 /* Reserve bytes for chunks the request may create (I6); -1/ENOSPC. */

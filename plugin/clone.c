@@ -127,7 +127,7 @@ clone_hide_cost (struct store *s, uint64_t count, uint64_t offset)
     if ((idx = clone_next_chunk (s->source, idx, last + 1)) > last)
       break;
     if (chunkdir_get (&s->dir, idx) == NULL) {
-      cost += store_chunk_cost (s, idx, prev);
+      cost += acct_chunk_cost (s, idx, prev);
       prev = idx;
     }
   }

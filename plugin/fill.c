@@ -30,7 +30,7 @@ fill_direct (struct store *s, uint64_t idx, uint64_t coff, uint64_t n,
 {
   uint64_t pages = (n + STORE_PAGE - 1) >> STORE_PAGE_SHIFT;
   uint64_t create = chunkdir_get (&s->dir, idx) == NULL
-                    ? store_chunk_cost (s, idx, UINT64_MAX) : 0;
+                    ? acct_chunk_cost (s, idx, UINT64_MAX) : 0;
   struct tally t = { 0 };
   struct chunk *c;
   int r;

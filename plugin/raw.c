@@ -227,7 +227,7 @@ raw_count (struct store *s, const unsigned char *in, uint64_t count,
     bool source_data = clone_source_has_chunk (s, idx);
 
     if (c == NULL && rq == NULL) {
-      uint64_t cost = store_grow_cost (s, idx, prev, in + done, n);
+      uint64_t cost = acct_grow_cost (s, idx, prev, in + done, n);
 
       if (cost > 0) {
         *create += cost;

@@ -203,14 +203,17 @@ store_page_edit (unsigned char *page, uint64_t from, uint64_t to,
     memset (page + from, 0, to - from);
 }
 
+/* Bytes of a chunk's header and bitmaps (store_chunk_create). */
+static inline size_t
+store_header_bytes (const struct store *s)
+{
+  return sizeof (struct chunk)
+         + (s->source ? 3 : 2) * s->map_words * sizeof (uint64_t);
+}
+
 /* store.c */
 extern int store_check_range (const struct store *s, uint64_t count,
                               uint64_t offset);
-extern uint64_t store_chunk_cost (const struct store *s, uint64_t idx,
-                                  uint64_t prev);
-extern uint64_t store_grow_cost (const struct store *s, uint64_t idx,
-                                 uint64_t prev, const unsigned char *in,
-                                 uint64_t n);
 extern struct chunk *store_chunk_create (struct store *s, uint64_t idx,
                                          struct tally *t);
 
@@ -228,6 +231,11 @@ struct acct_watch {
 
 /* acct.c */
 extern int acct_reserve (struct store *s, struct tally *t, uint64_t bytes);
+extern uint64_t acct_chunk_cost (const struct store *s, uint64_t idx,
+                                 uint64_t prev);
+extern uint64_t acct_grow_cost (const struct store *s, uint64_t idx,
+                                uint64_t prev, const unsigned char *in,
+                                uint64_t n);
 extern int acct_prepay (struct store *s, struct tally *t, uint64_t bytes);
 extern int acct_meta (struct store *s, struct tally *t, uint64_t bytes);
 extern void acct_pages (struct tally *t, uint64_t gained, uint64_t released);

@@ -190,43 +190,6 @@ store_check_range (const struct store *s, uint64_t count, uint64_t offset)
   return 0;
 }
 
-/* Bytes of a chunk's header and bitmaps. */
-static size_t
-store_header_bytes (const struct store *s)
-{
-  return sizeof (struct chunk)
-         + (s->source ? 3 : 2) * s->map_words * sizeof (uint64_t);
-}
-
-/* What creating the chunk at idx costs now (I6): its header and
- * bitmaps, the backend's table, the directory nodes it needs but for
- * those the chunk at prev (counted before; UINT64_MAX for none) needs
- * too.  Nodes are never freed, so the cost only falls as other chunks
- * are created.
- */
-uint64_t
-store_chunk_cost (const struct store *s, uint64_t idx, uint64_t prev)
-{
-  return STORE_MALLOC_COST (store_header_bytes (s)) + s->ops->chunk_bytes (s)
-         + chunkdir_missing_nodes (&s->dir, idx, prev)
-           * STORE_MALLOC_COST (CHUNKDIR_NODE_BYTES);
-}
-
-/* What store_grow will spend on the chunk at idx for a write of the n
- * bytes at in there (prev as for store_chunk_cost): nothing unless it is
- * missing and must be made (non-zero data, or a source that may show
- * through).
- */
-uint64_t
-store_grow_cost (const struct store *s, uint64_t idx, uint64_t prev,
-                 const unsigned char *in, uint64_t n)
-{
-  if (chunkdir_get (&s->dir, idx) != NULL ||
-      (store_is_zero (in, n) && !clone_source_has_chunk (s, idx)))
-    return 0;
-  return store_chunk_cost (s, idx, prev);
-}
-
 /* The chunk at idx, created if it is missing (I1) and charged to t
  * (I6); NULL with errno (ENOSPC at the cap) on failure.
  */
@@ -242,7 +205,7 @@ store_chunk_create (struct store *s, uint64_t idx, struct tally *t)
   pthread_mutex_lock (&s->grow_lock);
   c = chunkdir_get (&s->dir, idx);
   if (c == NULL &&
-      acct_meta (s, t, cost = store_chunk_cost (s, idx, UINT64_MAX)) == -1)
+      acct_meta (s, t, cost = acct_chunk_cost (s, idx, UINT64_MAX)) == -1)
     err = errno;
   else if (c == NULL) {
     c = calloc (1, store_header_bytes (s));
@@ -272,7 +235,7 @@ store_chunk_create (struct store *s, uint64_t idx, struct tally *t)
   return c;
 }
 
-/* Create the missing chunks a write will change (see store_grow_cost),
+/* Create the missing chunks a write will change (see acct_grow_cost),
  * from what it prepaid; -1 with errno if one cannot be created.
  */
 static int
@@ -280,7 +243,7 @@ store_grow (struct store *s, const unsigned char *in,
             uint64_t count, uint64_t offset, struct tally *t)
 {
   FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
-    if (store_grow_cost (s, idx, UINT64_MAX, in + done, n) > 0 &&
+    if (acct_grow_cost (s, idx, UINT64_MAX, in + done, n) > 0 &&
         store_chunk_create (s, idx, t) == NULL)
       return -1;
   }

@@ -346,7 +346,7 @@ units_write_need (struct store *s, const unsigned char *in,
   uint64_t prev = UINT64_MAX;
 
   FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
-    uint64_t cost = store_grow_cost (s, idx, prev, in + done, n);
+    uint64_t cost = acct_grow_cost (s, idx, prev, in + done, n);
 
     if (cost > 0) {
       *create += cost;

@@ -26,7 +26,7 @@
  *     and the source reports it as data (down the chain); no non-zero
  *     byte lies in a hole;
  *   - store_allocated is the store's own pages, store_chunks its
- *     chunks, store_metadata what creating them cost (store_chunk_cost,
+ *     chunks, store_metadata what creating them cost (acct_chunk_cost,
  *     asked just before each request that creates chunks), the cap's
  *     use is the sum of both over all live stores and never above the
  *     cap;
@@ -233,7 +233,7 @@ plan_add (struct plan *pl, struct dev *d, uint64_t idx, uint64_t *prev)
   if (d->chunk[idx] || pl->make[idx - pl->first])
     return;
   pl->make[idx - pl->first] = 1;
-  pl->cost += store_chunk_cost (d->s, idx, *prev);
+  pl->cost += acct_chunk_cost (d->s, idx, *prev);
   *prev = idx;
 }
 
