@@ -1,6 +1,6 @@
 #!/bin/sh
-# A short libFuzzer run of tests/fuzz/fuzz-store.c: random write, zero
-# (trim), read, extents and out-of-range requests on two stores and
+# A short libFuzzer run of tests/fuzz/fuzz-store.c: random write, zero,
+# trim, read, extents and out-of-range requests on two stores and
 # copy-on-write clones of them (chains too) sharing a memory cap, every
 # result checked against flat reference buffers, under ASan and UBSan.
 # FUZZ_SMOKE_SECONDS (default 30) sets the run time; `make fuzz` runs it

@@ -1,6 +1,6 @@
 #!/bin/sh
 # mlock=true: the pages a device holds are locked in RAM, and VmLck in
-# /proc/PID/status follows them page by page (M1 in plugin/store.c).
+# /proc/PID/status follows them page by page (M1 in plugin/raw.c).
 #
 #  1. With CAP_IPC_LOCK (root), mlock=true max-memory=256M: 64 MiB of
 #     random data raise VmLck by exactly 64 MiB (bound: +64 MiB, at most
