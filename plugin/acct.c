@@ -18,9 +18,12 @@
  *       the backend's table and the directory nodes it needs, with
  *       malloc's overhead (acct_chunk_cost), to the limit and to
  *       store_metadata.  A request that may create chunks reserves their
- *       cost with its data, before anything changes (acct_prepay), so
- *       ENOSPC still changes nothing; a chunk's cost stays counted until
- *       the store is destroyed, as the chunk stays (I1).
+ *       cost with its data, before anything changes (acct_prepay), so a
+ *       refused raw write or a refused zero creates nothing; a
+ *       compressed write, whose growth is known only once it has packed
+ *       under its locks (Z2), may keep the chunks it made.  A chunk's
+ *       cost stays counted until the store is destroyed, as the chunk
+ *       stays (I1).
  *   I7  A load (store_fill) may reserve a whole piece before it knows
  *       which of its pages hold data: such a reservation is speculative,
  *       counted in limit->speculative while in flight and in

@@ -4,10 +4,10 @@
  * unit's pages share one blob from codec.c.  A chunk has a table of
  * blobs, kept in a pool (pool.c) over its slot of the arena, which is
  * compacted after the requests that leave it with enough dead blobs
- * (units_tidy), so that its memory follows what it counts.  The map, hide and lock bitmaps and
- * every page-class rule (pagemap.h, C1-C3 in clone.c) stay as they are
- * (a write of zeroes into a page holding data keeps it, as in a raw
- * store).  A unit changes only in the functions named for the change:
+ * (units_tidy), so that its memory follows what it counts.  The map,
+ * hide and lock bitmaps and every page-class rule (pagemap.h, C1-C3 in
+ * clone.c) stay as they are (a write of zeroes into a page holding data
+ * keeps it, as in a raw store).  A unit changes only in the functions named for the change:
  * dropped whole (units_drop), packed whole from a write that covers it
  * (units_pack_whole), or edited page by page (units_edit); each builds
  * a struct units_edit that units_install puts in place.
@@ -20,7 +20,8 @@
  *       ever sees a blob freed.
  *   Z2  A write rebuilds every unit it touches under the locks of its
  *       whole range, then reserves the exact growth in bytes held before
- *       it installs a blob: ENOSPC changes nothing.  A zero rebuilds
+ *       it installs a blob: ENOSPC changes no byte (the blobs it packed
+ *       are freed; the chunks it made stay, counted, I6).  A zero rebuilds
  *       units a chunk at a time; it reserves, before any change, a
  *       unit's worth for each partial page at its ends (a unit can grow
  *       only where part of a page is zeroed), and a unit whose pages it
