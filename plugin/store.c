@@ -17,7 +17,10 @@
  *     (acct.c), create the chunks that will get data (store_grow), lock
  *     the request's pages (pagelock.c), ops->write, unlock, settle;
  *   raw_write (raw.c): count again under the locks, reserve the rest,
- *     then copy each piece, one page transition at a time.
+ *     then copy each piece, one page transition at a time;
+ *   or units_write (units.c): pack every unit touched into the chunk's
+ *     pool (pool.c), reserve the growth, install; after the unlock,
+ *     ops->tidy compacts the pools that want it.
  *
  * There is no global lock on the data path, and raw readers take no
  * lock at all.  The invariants, each at the top of the file that keeps
@@ -28,8 +31,10 @@
  *   I4  a release run spanning clear pages              raw.c
  *   I5  the counters and the cap under ENOSPC           acct.c
  *   I6  chunk headers count against the cap too         acct.c
+ *   I7  speculative load reservations, retried writes   acct.c
  *   C1-C3  clones: classes, orderings, reservations     clone.c
  *   Z1-Z2  compressed units: blobs, reservations        units.c
+ *   P1-P2  blob pools: who may move a blob, the bound   pool.c
  *   M1  locked memory follows data pages                raw.c
  * Requests that overlap in flight land in one of the orders NBD allows:
  * each page ends up as some order of the requests that touched it left
