@@ -163,14 +163,17 @@ acct_speculate (struct store *s, struct tally *t, uint64_t bytes)
   return 0;
 }
 
-/* Settle a request that reserved speculatively, then say so (I7). */
+/* Settle a request that reserved bytes speculatively, then say so
+ * (I7).
+ */
 void
-acct_speculate_settle (struct store *s, const struct tally *t)
+acct_speculate_settle (struct store *s, const struct tally *t,
+                       uint64_t bytes)
 {
   acct_settle (s, t);
-  if (s->limit && t->reserved > 0) {
+  if (s->limit && bytes > 0) {
     atomic_fetch_add (&s->limit->settled, 1);
-    atomic_fetch_sub (&s->limit->speculative, t->reserved);
+    atomic_fetch_sub (&s->limit->speculative, bytes);
   }
 }
 

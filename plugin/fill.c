@@ -31,18 +31,19 @@ fill_direct (struct store *s, uint64_t idx, uint64_t coff, uint64_t n,
   uint64_t pages = (n + STORE_PAGE - 1) >> STORE_PAGE_SHIFT;
   uint64_t create = chunkdir_get (&s->dir, idx) == NULL
                     ? acct_chunk_cost (s, idx, UINT64_MAX) : 0;
+  uint64_t bytes = pages * STORE_PAGE + create;
   struct tally t = { 0 };
   struct chunk *c;
   int r;
 
-  if (acct_speculate (s, &t, pages * STORE_PAGE + create) == -1)
+  if (acct_speculate (s, &t, bytes) == -1)
     return 0;
   t.prepaid = create;
   if ((c = store_chunk_create (s, idx, &t)) == NULL)
     r = -1;
   else
     r = s->ops->fill (s, c, idx << s->chunk_shift, coff, n, fn, opaque, &t);
-  acct_speculate_settle (s, &t);
+  acct_speculate_settle (s, &t, bytes);
   return r == -1 ? -1 : 1;
 }
 

@@ -241,7 +241,8 @@ extern int acct_meta (struct store *s, struct tally *t, uint64_t bytes);
 extern void acct_pages (struct tally *t, uint64_t gained, uint64_t released);
 extern void acct_settle (struct store *s, const struct tally *t);
 extern int acct_speculate (struct store *s, struct tally *t, uint64_t bytes);
-extern void acct_speculate_settle (struct store *s, const struct tally *t);
+extern void acct_speculate_settle (struct store *s, const struct tally *t,
+                                   uint64_t bytes);
 extern void acct_watch (const struct store *s, struct acct_watch *w);
 extern bool acct_watch_retry (const struct store *s,
                               const struct acct_watch *w);
