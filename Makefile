@@ -32,7 +32,7 @@ STORE_SRCS  := plugin/store.c plugin/pagelock.c plugin/acct.c plugin/clone.c \
 PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c \
                plugin/registry.c plugin/declare.c plugin/human.c $(STORE_SRCS)
 HEADERS     := $(wildcard plugin/*.h)
-UNIT_TESTS  := test-core test-clones test-codecs test-races test-memory
+UNIT_TESTS  := test-core test-clones test-codecs test-races test-memory test-pool
 
 obj = $(patsubst plugin/%.c,$(BUILD)/%.o,$(1))
 

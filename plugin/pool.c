@@ -30,7 +30,6 @@
 
 #include "arena.h"
 #include "pool.h"
-#include "store-int.h"
 
 /* The header before each blob; size counts the header, 16-aligned. */
 struct pool_obj {
@@ -98,15 +97,15 @@ pool_alloc (struct pool *p, const void *blob, size_t len, uint32_t owner)
   return obj->blob;
 }
 
-/* Bytes of memory blob holds: its place in the slot, or on the heap
- * malloc's chunk for it.
+/* Bytes of memory blob holds: its place in the slot.  A blob on the
+ * heap counts the same (not malloc's header too), so that moving it
+ * into the slot changes no count.
  */
 size_t
 pool_held (const struct pool *p, const void *blob)
 {
-  const struct pool_obj *obj = pool_obj (blob);
-
-  return pool_owns (p, obj) ? obj->size : STORE_MALLOC_COST (obj->size);
+  (void) p;
+  return pool_obj (blob)->size;
 }
 
 /* Free blob: dead in the slot until a compaction, or back to the heap. */

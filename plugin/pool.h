@@ -18,11 +18,10 @@ struct pool {
   _Atomic uint64_t heap;        /* blobs that did not fit, on the heap */
 };
 
-/* The most pool_held can say of one blob of len bytes: its place in
- * the slot, or malloc's chunk for the same on the heap.
+/* What pool_held says of a blob of len bytes: its header and it,
+ * rounded up to 16 bytes.
  */
-#define POOL_MAX_HELD(len) \
-  (((((uint64_t) (len)) + 8 + 15) & ~(uint64_t) 15) + 16)
+#define POOL_MAX_HELD(len) ((((uint64_t) (len)) + 8 + 15) & ~(uint64_t) 15)
 
 extern void pool_init (struct pool *p, void *base, uint64_t size);
 extern void *pool_alloc (struct pool *p, const void *blob, size_t len,
