@@ -78,18 +78,14 @@ acct_chunk_cost (const struct store *s, uint64_t idx, uint64_t prev)
 }
 
 /* What store_grow will spend on the chunk at idx for a write of the n
- * bytes at in there (prev as for acct_chunk_cost): nothing unless it is
- * missing and must be made (non-zero data, or a source that may show
- * through).
+ * bytes at in there (prev as for acct_chunk_cost): nothing unless
+ * store_must_grow says it must make it.
  */
 uint64_t
 acct_grow_cost (const struct store *s, uint64_t idx, uint64_t prev,
                  const unsigned char *in, uint64_t n)
 {
-  if (chunkdir_get (&s->dir, idx) != NULL ||
-      (store_is_zero (in, n) && !clone_source_has_chunk (s, idx)))
-    return 0;
-  return acct_chunk_cost (s, idx, prev);
+  return store_must_grow (s, idx, in, n) ? acct_chunk_cost (s, idx, prev) : 0;
 }
 
 /* Reserve bytes for chunks the request may create (I6); -1/ENOSPC. */

@@ -87,15 +87,13 @@ int
 pagelock_req_lock (struct store *s, struct store_req *rq,
                    uint64_t count, uint64_t offset)
 {
-  uint64_t pieces;
-
   rq->count = count;
   rq->offset = offset;
   rq->first = offset >> s->chunk_shift;
-  pieces = ((offset + count - 1) >> s->chunk_shift) - rq->first + 1;
+  rq->pieces = ((offset + count - 1) >> s->chunk_shift) - rq->first + 1;
   rq->chunks = rq->stack;
-  if (pieces > STORE_STACK_PIECES &&
-      (rq->chunks = malloc (pieces * sizeof *rq->chunks)) == NULL)
+  if (rq->pieces > STORE_STACK_PIECES &&
+      (rq->chunks = malloc (rq->pieces * sizeof *rq->chunks)) == NULL)
     return -1;
   FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
     struct chunk *c = chunkdir_get (&s->dir, idx);

@@ -102,9 +102,8 @@ pool_alloc (struct pool *p, const void *blob, size_t len, uint32_t owner)
  * into the slot changes no count.
  */
 size_t
-pool_held (const struct pool *p, const void *blob)
+pool_held (const void *blob)
 {
-  (void) p;
   return pool_obj (blob)->size;
 }
 

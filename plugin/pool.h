@@ -26,7 +26,7 @@ struct pool {
 extern void pool_init (struct pool *p, void *base, uint64_t size);
 extern void *pool_alloc (struct pool *p, const void *blob, size_t len,
                          uint32_t owner);
-extern size_t pool_held (const struct pool *p, const void *blob);
+extern size_t pool_held (const void *blob);
 extern void pool_free (struct pool *p, void *blob);
 extern bool pool_wants_compact (const struct pool *p);
 extern void pool_compact (struct pool *p, void **blobs, uint32_t n);

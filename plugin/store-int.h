@@ -57,6 +57,7 @@ struct tally {
 #define STORE_STACK_PIECES 16
 struct store_req {
   uint64_t count, offset, first;  /* the range; first: its first chunk */
+  uint64_t pieces;              /* chunks it touches */
   uint64_t need;                /* what the write reserved for data first */
   struct chunk **chunks;        /* per piece; NULL where missing */
   struct chunk *stack[STORE_STACK_PIECES];
@@ -216,6 +217,8 @@ extern int store_check_range (const struct store *s, uint64_t count,
                               uint64_t offset);
 extern struct chunk *store_chunk_create (struct store *s, uint64_t idx,
                                          struct tally *t);
+extern bool store_must_grow (const struct store *s, uint64_t idx,
+                             const unsigned char *in, uint64_t n);
 
 /* pagelock.c */
 extern void pagelock_lock (struct chunk *c, uint64_t p, uint64_t q);

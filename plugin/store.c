@@ -240,15 +240,27 @@ store_chunk_create (struct store *s, uint64_t idx, struct tally *t)
   return c;
 }
 
-/* Create the missing chunks a write will change (see acct_grow_cost),
- * from what it prepaid; -1 with errno if one cannot be created.
+/* Whether a write of the n bytes at in into chunk idx must create it:
+ * it is missing, and gets non-zero data or, in a clone, may show a
+ * source there.
+ */
+bool
+store_must_grow (const struct store *s, uint64_t idx,
+                 const unsigned char *in, uint64_t n)
+{
+  return chunkdir_get (&s->dir, idx) == NULL &&
+         (!store_is_zero (in, n) || clone_source_has_chunk (s, idx));
+}
+
+/* Create the missing chunks a write will change, from what it prepaid;
+ * -1 with errno if one cannot be created.
  */
 static int
 store_grow (struct store *s, const unsigned char *in,
             uint64_t count, uint64_t offset, struct tally *t)
 {
   FOR_EACH_CHUNK (s, count, offset, idx, coff, n, done) {
-    if (acct_grow_cost (s, idx, UINT64_MAX, in + done, n) > 0 &&
+    if (store_must_grow (s, idx, in + done, n) &&
         store_chunk_create (s, idx, t) == NULL)
       return -1;
   }
@@ -380,6 +392,6 @@ store_trim (struct store *s, uint64_t count, uint64_t offset)
   if (store_check_range (s, count, offset) == -1)
     return -1;
   a = (offset + STORE_PAGE - 1) & ~(STORE_PAGE - 1);
-  b = offset + count == s->size ? s->size : store_whole_end (s, offset + count);
+  b = MIN (store_whole_end (s, offset + count), s->size);
   return a < b ? store_zero_range (s, b - a, a, true) : 0;
 }

@@ -194,11 +194,11 @@ units_edit_init (struct chunk *c, uint64_t u, struct units_edit *e,
   e->hide = c->hide ? h & (UNITS_MASK << (p0 % 64)) : 0;
 }
 
-/* The memory blob (NULL: none) of chunk c holds. */
+/* The memory blob (NULL: none) holds. */
 static int64_t
-units_held (const struct chunk *c, const void *blob)
+units_held (const void *blob)
 {
-  return blob ? (int64_t) pool_held (&c->units->pool, blob) : 0;
+  return blob ? (int64_t) pool_held (blob) : 0;
 }
 
 /* Pack unit (the unit's bytes as e now says) into a new blob in the
@@ -216,7 +216,7 @@ units_pack (struct store *s, const unsigned char *unit, struct units_edit *e)
        (e->blob = pool_alloc (&uc->pool, packed, codec_size (packed),
                               e->u)) == NULL))
     return -1;
-  e->held = units_held (e->c, e->blob) - units_held (e->c, uc->blob[e->u]);
+  e->held = units_held (e->blob) - units_held (uc->blob[e->u]);
   return 0;
 }
 
@@ -237,7 +237,7 @@ units_drop (struct chunk *c, uint64_t u, struct units_edit *e)
   units_edit_init (c, u, e, &d);
   e->data = 0;
   e->hide = c->hide ? UNITS_MASK << (u * UNITS_PAGES % 64) : 0;
-  e->held = - units_held (c, c->units->blob[u]);
+  e->held = - units_held (c->units->blob[u]);
 }
 
 /* A whole unit packed as a write gives it (unit: its CODEC_UNIT bytes).
@@ -364,10 +364,8 @@ static int
 units_write (struct store *s, const struct store_req *rq,
              const unsigned char *in, struct tally *t)
 {
-  uint64_t pieces = ((rq->offset + rq->count - 1) >> s->chunk_shift)
-                    - rq->first + 1;
   /* Each piece spans at most two units more than its bytes make up. */
-  struct units_edit *edits = malloc ((rq->count / CODEC_UNIT + 2 * pieces)
+  struct units_edit *edits = malloc ((rq->count / CODEC_UNIT + 2 * rq->pieces)
                                      * sizeof *edits);
   uint64_t k = 0;
   int64_t held = 0;

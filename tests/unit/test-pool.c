@@ -62,9 +62,9 @@ START_TEST (test_pool_compact)
     helpers_fill (buf, blob_len (i), 0, i);
     blobs[i] = pool_alloc (&p, buf, blob_len (i), i);
     ck_assert_ptr_nonnull (blobs[i]);
-    ck_assert_uint_eq (pool_held (&p, blobs[i]),
+    ck_assert_uint_eq (pool_held (blobs[i]),
                        POOL_MAX_HELD (blob_len (i)));
-    held += pool_held (&p, blobs[i]);
+    held += pool_held (blobs[i]);
     heap += (unsigned char *) blobs[i] < slot ||
             (unsigned char *) blobs[i] >= slot + SLOT;
   }
@@ -73,7 +73,7 @@ START_TEST (test_pool_compact)
   ck_assert (pool_wants_compact (&p));
   /* Free every other one, then compact. */
   for (unsigned i = 0; i < NBLOBS; i += 2) {
-    held -= pool_held (&p, blobs[i]);
+    held -= pool_held (blobs[i]);
     pool_free (&p, blobs[i]);
     blobs[i] = NULL;
   }
