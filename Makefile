@@ -14,9 +14,11 @@ NBDKIT_CFLAGS = $(shell pkg-config --cflags nbdkit 2>/dev/null)
 CHECK_LIBS    = $(shell pkg-config --libs check 2>/dev/null)
 CODEC_CFLAGS  = $(shell pkg-config --cflags libzstd liblz4 2>/dev/null)
 CODEC_LIBS    = $(shell pkg-config --libs libzstd liblz4 2>/dev/null)
+JSON_CFLAGS   = $(shell pkg-config --cflags json-c 2>/dev/null)
+JSON_LIBS     = $(shell pkg-config --libs json-c 2>/dev/null)
 PLUGINDIR     = $(shell pkg-config --variable=plugindir nbdkit 2>/dev/null)
 CFLAGS_ALL    = -std=gnu11 $(WARN) $(OPTFLAGS) -fPIC -pthread $(NBDKIT_CFLAGS) \
-                $(CODEC_CFLAGS) \
+                $(CODEC_CFLAGS) $(JSON_CFLAGS) \
                 $(SANFLAGS) $(CFLAGS)
 
 PREFIX  ?= /usr/local
@@ -28,9 +30,13 @@ BUILD ?= build/plain
 STORE_SRCS  := plugin/store.c plugin/pagelock.c plugin/acct.c plugin/clone.c \
                plugin/raw.c plugin/units.c plugin/pool.c plugin/fill.c \
                plugin/extents.c \
-               plugin/chunkdir.c plugin/arena.c plugin/codec.c
+               plugin/chunkdir.c plugin/arena.c plugin/codec.c \
+               plugin/layer.c plugin/gate.c
+# The control socket and what it drives: devices managed at run time.
+CONTROL_SRCS := plugin/manage.c plugin/report.c
 PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c \
-               plugin/registry.c plugin/declare.c plugin/human.c $(STORE_SRCS)
+               plugin/registry.c plugin/declare.c plugin/human.c \
+               $(CONTROL_SRCS) $(STORE_SRCS)
 HEADERS     := $(wildcard plugin/*.h)
 UNIT_TESTS  := test-core test-clones test-codecs test-races test-memory test-pool
 
@@ -46,7 +52,7 @@ $(BUILD)/%.o: plugin/%.c $(HEADERS)
 	$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
 $(BUILD)/memblock.so: $(call obj,$(PLUGIN_SRCS))
-	$(CC) $(CFLAGS_ALL) -shared -o $@ $^ $(CODEC_LIBS) $(LDFLAGS)
+	$(CC) $(CFLAGS_ALL) -shared -o $@ $^ $(CODEC_LIBS) $(JSON_LIBS) $(LDFLAGS)
 
 memblock.so: $(BUILD)/memblock.so
 	cp $< $@.tmp && mv -f $@.tmp $@

@@ -13,6 +13,7 @@
 #include "arena.h"
 #include "config.h"
 #include "human.h"
+#include "report.h"
 #include "store.h"
 
 struct config config = {
@@ -25,7 +26,8 @@ struct config config = {
 /* Keys seen so far, to refuse a repeated one. */
 static unsigned config_seen;
 enum { SEEN_SIZE = 1, SEEN_CHUNK = 2, SEEN_MAXMEM = 4, SEEN_DYNAMIC = 8,
-       SEEN_MAXDEV = 16, SEEN_COMPRESS = 32, SEEN_MLOCK = 64 };
+       SEEN_MAXDEV = 16, SEEN_COMPRESS = 32, SEEN_MLOCK = 64,
+       SEEN_CONTROL = 128, SEEN_GRACE = 256 };
 
 /* Refuse key if it was already given; else remember it. */
 static int
@@ -159,6 +161,33 @@ config_set (const char *key, const char *value)
     config.mlock = r;
     return 0;
   }
+  if (strcmp (key, "control") == 0) {
+    if (config_once (key, SEEN_CONTROL) == -1)
+      return -1;
+    if (value[0] != '/' || strlen (value) >= CONFIG_SOCKET_PATH_MAX) {
+      nbdkit_error ("control=%s: must be an absolute path of at most %d "
+                    "bytes", value, CONFIG_SOCKET_PATH_MAX - 1);
+      return -1;
+    }
+    if ((config.control = strdup (value)) == NULL) {
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "temp-grace") == 0) {
+    unsigned n;
+    if (config_once (key, SEEN_GRACE) == -1)
+      return -1;
+    if (nbdkit_parse_unsigned (key, value, &n) == -1 ||
+        n > CONFIG_MAX_TEMP_GRACE) {
+      nbdkit_error ("temp-grace=%s: expected seconds from 0 to %d",
+                    value, CONFIG_MAX_TEMP_GRACE);
+      return -1;
+    }
+    config.temp_grace = n;
+    return 0;
+  }
   nbdkit_error ("unknown parameter '%s' (see nbdkit memblock --help)", key);
   return -1;
 }
@@ -182,7 +211,7 @@ config_check_device (const char *what, int compress)
   snprintf (given, sizeof given, "%scompress=%s",
             compress == -1 ? "" : ":", codec_name (codec));
   if (config.mlock) {
-    nbdkit_error ("%s%s%s cannot go with mlock=true: compressed data is "
+    report_error ("%s%s%s cannot go with mlock=true: compressed data is "
                   "not locked (see LOCKED MEMORY in nbdkit-memblock(1))",
                   what, sep, given);
     return -1;
@@ -190,7 +219,7 @@ config_check_device (const char *what, int compress)
   if (((uint64_t) 1 << config.chunk_shift) < CODEC_UNIT) {
     human_format_size ((uint64_t) 1 << config.chunk_shift,
                        chunk, sizeof chunk);
-    nbdkit_error ("%s%s%s needs chunk-size of at least %zuK, not %s",
+    report_error ("%s%s%s needs chunk-size of at least %zuK, not %s",
                   what, sep, given, CODEC_UNIT / 1024, chunk);
     return -1;
   }
@@ -268,5 +297,7 @@ config_free (void)
     connect_free (&config.devices[i]);
   free (config.devices);
   config.devices = NULL;
+  free (config.control);
+  config.control = NULL;
   config.ndevices = 0;
 }

@@ -13,6 +13,8 @@
 #define CONFIG_DEFAULT_CHUNK_SHIFT 24                   /* 16 MiB */
 #define CONFIG_DEFAULT_MAX_DEVICES 64
 #define CONFIG_MAX_DEVICES_LIMIT 65536
+#define CONFIG_MAX_TEMP_GRACE 86400
+#define CONFIG_SOCKET_PATH_MAX 108          /* sun_path */
 #define CONFIG_DEFAULT_NAME "disk0"
 
 struct config {
@@ -23,6 +25,8 @@ struct config {
   unsigned max_devices;
   enum codec compress;          /* for devices that give no :compress= */
   bool mlock;                   /* lock every page held in RAM */
+  char *control;                /* control socket path, or NULL */
+  unsigned temp_grace;          /* seconds a closed temp device waits */
   struct connect *devices;      /* declared with name=, in order */
   size_t ndevices;
 };
@@ -43,6 +47,8 @@ extern void config_free (void);
   "dynamic=BOOL                    Create unknown exports on connect (default false).\n" \
   "max-devices=N                   Most devices in all (default 64).\n" \
   "compress=zstd|lz4|none          Keep data compressed (default none).\n" \
-  "mlock=BOOL                      Lock the pages held in RAM (default false)."
+  "mlock=BOOL                      Lock the pages held in RAM (default false).\n" \
+  "control=PATH                    Listen for JSON-RPC on a Unix socket.\n" \
+  "temp-grace=SECONDS              Keep a closed temp device this long (default 0)."
 
 #endif /* MEMBLOCK_CONFIG_H */

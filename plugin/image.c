@@ -27,6 +27,7 @@
 
 #include "config.h"
 #include "image.h"
+#include "report.h"
 
 #define IMAGE_STRIPE ((uint64_t) 64 << 20)   /* a thread's share at a time */
 #define IMAGE_READ ((uint64_t) 8 << 20)       /* bytes per store_fill */
@@ -45,16 +46,16 @@ image_open (const char *path, const char *what, uint64_t *size)
   int fd = open (path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 
   if (fd == -1) {
-    nbdkit_error ("%s: file=%s: cannot open the image: %m", what, path);
+    report_error ("%s: file=%s: cannot open the image: %m", what, path);
     return -1;
   }
   if (fstat (fd, &st) == -1) {
-    nbdkit_error ("%s: file=%s: fstat: %m", what, path);
+    report_error ("%s: file=%s: fstat: %m", what, path);
     close (fd);
     return -1;
   }
   if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode)) {
-    nbdkit_error ("%s: file=%s: %s", what, path,
+    report_error ("%s: file=%s: %s", what, path,
                   S_ISDIR (st.st_mode) ? "is a directory, not an image"
                   : S_ISFIFO (st.st_mode)
                   ? "is a FIFO, not a regular file or block device"
@@ -65,13 +66,13 @@ image_open (const char *path, const char *what, uint64_t *size)
     return -1;
   }
   if (fcntl (fd, F_SETFL, fcntl (fd, F_GETFL) & ~O_NONBLOCK) == -1) {
-    nbdkit_error ("%s: file=%s: fcntl: %m", what, path);
+    report_error ("%s: file=%s: fcntl: %m", what, path);
     close (fd);
     return -1;
   }
   end = lseek (fd, 0, SEEK_END);
   if (end == -1) {
-    nbdkit_error ("%s: file=%s: lseek: %m", what, path);
+    report_error ("%s: file=%s: lseek: %m", what, path);
     close (fd);
     return -1;
   }
@@ -231,11 +232,11 @@ image_load (int fd, uint64_t size, struct store *s, const char *what)
   if (j.failed) {
     errno = j.err;
     if (j.err == ENOSPC)
-      nbdkit_error ("%s: the image's data does not fit under max-memory=%"
+      report_error ("%s: the image's data does not fit under max-memory=%"
                     PRIu64 " (with what the devices loaded before it hold)",
                     what, config.max_memory);
     else
-      nbdkit_error ("%s: loading the image: %m", what);
+      report_error ("%s: loading the image: %m", what);
     return -1;
   }
   nbdkit_debug ("%s: loaded %" PRIu64 " bytes of data from a %" PRIu64

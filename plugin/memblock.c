@@ -162,8 +162,11 @@ static int64_t
 memblock_get_size (void *handle)
 {
   struct handle *h = handle;
+  struct gate_stripe *st = gate_enter (&h->dev->gate);
+  int64_t size = store_size (h->dev->store);
 
-  return store_size (h->dev->store);
+  gate_leave (st, GATE_OTHER, 0);
+  return size;
 }
 
 /* The .block_size callback: any byte offset works; 4 KiB is the page. */
@@ -247,16 +250,22 @@ memblock_failed (struct handle *h, const char *op,
   return -1;
 }
 
-/* The .pread callback. */
+/* The .pread callback.  Every request passes the device's gate
+ * (gate.c), which counts it and keeps a snapshot from swapping the
+ * store under it.
+ */
 static int
 memblock_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
                 uint32_t flags)
 {
   struct handle *h = handle;
+  struct gate_stripe *st = gate_enter (&h->dev->gate);
+  int r = store_read (h->dev->store, buf, count, offset);
 
+  gate_leave (st, GATE_READ, count);
   (void) flags;
   h->used = true;
-  if (store_read (h->dev->store, buf, count, offset) == -1)
+  if (r == -1)
     return memblock_failed (h, "read", count, offset);
   return 0;
 }
@@ -267,15 +276,21 @@ memblock_pwrite (void *handle, const void *buf, uint32_t count,
                  uint64_t offset, uint32_t flags)
 {
   struct handle *h = handle;
+  struct gate_stripe *st;
+  bool pinfail;
+  int r;
 
   (void) flags;
   h->used = true;
   if (memblock_check_writable (h, "write") == -1)
     return -1;
-  if (store_write (h->dev->store, buf, count, offset) == -1)
+  st = gate_enter (&h->dev->gate);
+  r = store_write (h->dev->store, buf, count, offset);
+  pinfail = config.mlock && store_pin_failures (h->dev->store) > 0;
+  gate_leave (st, GATE_WRITE, count);
+  if (r == -1)
     return memblock_failed (h, "write", count, offset);
-  if (config.mlock && store_pin_failures (h->dev->store) > 0 &&
-      !atomic_exchange (&memblock_pin_logged, true))
+  if (pinfail && !atomic_exchange (&memblock_pin_logged, true))
     nbdkit_error ("%s: mlock=true: the kernel refused to lock some pages "
                   "(too many mappings? see vm.max_map_count); they stay "
                   "unlocked", h->dev->label);
@@ -290,6 +305,7 @@ memblock_flush (void *handle, uint32_t flags)
 
   (void) flags;
   h->used = true;
+  gate_leave (gate_enter (&h->dev->gate), GATE_FLUSH, 0);
   return 0;
 }
 
@@ -298,14 +314,20 @@ memblock_flush (void *handle, uint32_t flags)
  * store_zero (the range reads as zeroes).
  */
 static int
-memblock_zero_range (struct handle *h, const char *op,
+memblock_zero_range (struct handle *h, const char *op, enum gate_kind kind,
                      int (*fn) (struct store *, uint64_t, uint64_t),
                      uint32_t count, uint64_t offset)
 {
+  struct gate_stripe *st;
+  int r;
+
   h->used = true;
   if (memblock_check_writable (h, op) == -1)
     return -1;
-  if (fn (h->dev->store, count, offset) == -1)
+  st = gate_enter (&h->dev->gate);
+  r = fn (h->dev->store, count, offset);
+  gate_leave (st, kind, count);
+  if (r == -1)
     return memblock_failed (h, op, count, offset);
   atomic_store (&memblock_cap_logged, false);
   return 0;
@@ -316,7 +338,8 @@ static int
 memblock_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   (void) flags;
-  return memblock_zero_range (handle, "trim", store_trim, count, offset);
+  return memblock_zero_range (handle, "trim", GATE_TRIM, store_trim,
+                              count, offset);
 }
 
 /* The .zero callback; never slow, so NBDKIT_FLAG_FAST_ZERO is honoured. */
@@ -324,7 +347,8 @@ static int
 memblock_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   (void) flags;
-  return memblock_zero_range (handle, "zero", store_zero, count, offset);
+  return memblock_zero_range (handle, "zero", GATE_ZERO, store_zero,
+                              count, offset);
 }
 
 /* State for memblock_add_extent. */
@@ -357,9 +381,13 @@ memblock_extents (void *handle, uint32_t count, uint64_t offset,
     .extents = extents, .req_one = flags & NBDKIT_FLAG_REQ_ONE,
   };
 
+  struct gate_stripe *st = gate_enter (&h->dev->gate);
+  int r = store_extents (h->dev->store, count, offset,
+                         memblock_add_extent, &e);
+
+  gate_leave (st, GATE_EXTENTS, 0);
   h->used = true;
-  if (store_extents (h->dev->store, count, offset,
-                     memblock_add_extent, &e) == -1)
+  if (r == -1)
     return memblock_failed (h, "extents", count, offset);
   return 0;
 }

@@ -36,6 +36,7 @@
 #include "config.h"
 #include "human.h"
 #include "registry.h"
+#include "report.h"
 
 struct store_limit registry_limit;
 
@@ -71,7 +72,7 @@ registry_describe (const struct device *dev, bool readonly,
 }
 
 /* Find the device with this name; caller holds the lock. */
-static struct device *
+struct device *
 registry_find (const char *name)
 {
   size_t i;
@@ -93,7 +94,7 @@ registry_make (const char *name, uint64_t size, bool readonly, bool temp,
   struct device *dev = calloc (1, sizeof *dev);
 
   if (dev == NULL) {
-    nbdkit_error ("calloc: %m");
+    report_error ("calloc: %m");
     return NULL;
   }
   strcpy (dev->name, name);
@@ -109,13 +110,38 @@ registry_make (const char *name, uint64_t size, bool readonly, bool temp,
                        compress == -1 ? config.compress
                                       : (enum codec) compress) == -1 ||
       (config.mlock && store_set_mlock (dev->store) == -1)) {
-    nbdkit_error ("cannot create device '%s': %m", dev->label);
+    report_error ("cannot create device '%s': %m", dev->label);
     store_destroy (dev->store);
     free (dev);
     return NULL;
   }
   if (source)
     source->clones++;
+  gate_init (&dev->gate);
+  return dev;
+}
+
+/* Make a device that serves store, which it then holds (a snapshot, or
+ * a device made with a loaded store); not yet in the table.
+ */
+struct device *
+registry_wrap (const char *name, struct store *store, bool readonly,
+               struct device *source)
+{
+  struct device *dev = calloc (1, sizeof *dev);
+
+  if (dev == NULL) {
+    report_error ("calloc: %m");
+    return NULL;
+  }
+  strcpy (dev->name, name);
+  connect_quote (name, dev->label, sizeof dev->label);
+  dev->readonly = readonly;
+  dev->source = source;
+  dev->store = store;
+  if (source)
+    source->clones++;
+  gate_init (&dev->gate);
   return dev;
 }
 
@@ -127,6 +153,7 @@ registry_destroy (struct device *dev)
 {
   if (dev->source)
     dev->source->clones--;
+  gate_destroy (&dev->gate);
   store_destroy (dev->store);
   free (dev);
 }
@@ -134,12 +161,12 @@ registry_destroy (struct device *dev)
 /* Whether the table has no room for one more device (logged, naming
  * the device label); caller holds the lock.
  */
-static bool
+bool
 registry_full (const char *label)
 {
   if (registry_count < config.max_devices)
     return false;
-  nbdkit_error ("cannot create device '%s': max-devices=%u reached",
+  report_error ("cannot create device '%s': max-devices=%u reached",
                 label, config.max_devices);
   return true;
 }
@@ -157,11 +184,20 @@ registry_add (struct device *dev)
 }
 
 /* Take dev out of the table and free it; caller holds the lock. */
-static void
+void
 registry_remove (struct device *dev)
 {
   size_t i;
 
+  /* Nothing may point at dev once it has gone (S3 in manage.c). */
+  for (i = 0; i < registry_count; i++) {
+    if (registry_devices[i]->source == dev) {
+      registry_devices[i]->source = NULL;
+      dev->clones--;
+    }
+    if (registry_devices[i]->snapshot_of == dev)
+      registry_devices[i]->snapshot_of = NULL;
+  }
   for (i = 0; i < registry_count && registry_devices[i] != dev; i++)
     ;
   memmove (&registry_devices[i], &registry_devices[i + 1],
@@ -179,7 +215,7 @@ registry_init (void)
   registry_limit.max = config.max_memory;
   registry_devices = calloc (config.max_devices, sizeof *registry_devices);
   if (registry_devices == NULL) {
-    nbdkit_error ("calloc: %m");
+    report_error ("calloc: %m");
     return -1;
   }
   return 0;
@@ -199,6 +235,7 @@ registry_free (void)
   }
   /* Clones first: nothing reads a source any more, but keep the order. */
   for (i = registry_count; i-- > 0; ) {
+    gate_destroy (&registry_devices[i]->gate);
     store_destroy (registry_devices[i]->store);
     free (registry_devices[i]);
   }
@@ -219,7 +256,7 @@ registry_default_name (void)
   if (registry_count > 0)
     name = nbdkit_strdup_intern (registry_devices[0]->name);
   else
-    nbdkit_error ("no device is left to be the default export");
+    report_error ("no device is left to be the default export");
   pthread_mutex_unlock (&registry_lock);
   return name;
 }
@@ -238,22 +275,22 @@ registry_create (const struct connect *req, const char *quoted,
 
   snprintf (what, sizeof what, "export '%s'", quoted);
   if (req->name[0] == '\0') {
-    nbdkit_error ("no device is left to be the default export");
+    report_error ("no device is left to be the default export");
     return NULL;
   }
   if (!config.dynamic) {
-    nbdkit_error ("%s: no such device (declare it with name=, or use "
+    report_error ("%s: no such device (declare it with name=, or use "
                   "dynamic=true)", what);
     return NULL;
   }
   if (!connect_creates (req)) {
-    nbdkit_error ("%s: no such device (with dynamic=true, ask for a new "
+    report_error ("%s: no such device (with dynamic=true, ask for a new "
                   "device with an option: '%s:rw', '%s:size=SIZE' or "
                   "'%s:from=SOURCE')", what, quoted, quoted, quoted);
     return NULL;
   }
   if (req->readonly == 0 && server_readonly) {
-    nbdkit_error ("export '%s:rw': the server (-r) is read-only", quoted);
+    report_error ("export '%s:rw': the server (-r) is read-only", quoted);
     return NULL;
   }
   if (config_check_device (what, req->compress) == -1)
@@ -263,7 +300,7 @@ registry_create (const struct connect *req, const char *quoted,
     if (src == NULL || !src->readonly) {
       char from[CONNECT_QUOTE_MAX];
 
-      nbdkit_error ("%s: from=%s: %s", what,
+      report_error ("%s: from=%s: %s", what,
                     connect_quote (req->from, from, sizeof from),
                     src ? "the source of a clone must be a read-only device"
                         : "no such device");
@@ -291,24 +328,24 @@ registry_mismatch (const struct device *dev, const struct connect *req,
 {
   if (req->from[0] &&
       (dev->source == NULL || strcmp (dev->source->name, req->from))) {
-    nbdkit_error ("export '%s': the device exists and is not a clone of "
+    report_error ("export '%s': the device exists and is not a clone of "
                   "that source", dev->label);
     return true;
   }
   if (req->compress != -1 &&
       (enum codec) req->compress != store_codec (dev->store)) {
-    nbdkit_error ("export '%s': the device exists with compress=%s",
+    report_error ("export '%s': the device exists with compress=%s",
                   dev->label, codec_name (store_codec (dev->store)));
     return true;
   }
   if (req->size != -1 && (uint64_t) req->size != store_size (dev->store)) {
-    nbdkit_error ("export '%s': the device exists with size %" PRIu64
+    report_error ("export '%s': the device exists with size %" PRIu64
                   ", not %" PRIi64, dev->label, store_size (dev->store),
                   req->size);
     return true;
   }
   if (req->readonly == 0 && (server_readonly || dev->readonly)) {
-    nbdkit_error ("export '%s:rw': %s is read-only", dev->label,
+    report_error ("export '%s:rw': %s is read-only", dev->label,
                   dev->readonly ? "the device" : "the server (-r)");
     return true;
   }
@@ -331,13 +368,13 @@ registry_open (const struct connect *req, bool server_readonly)
 
   connect_quote (req->name, quoted, sizeof quoted);
   if (req->size != -1 && !config.dynamic) {
-    nbdkit_error ("export '%s': a client may choose a size only with "
+    report_error ("export '%s': a client may choose a size only with "
                   "dynamic=true", quoted);
     return NULL;
   }
   if (req->size != -1 && config.max_memory != UINT64_MAX &&
       (uint64_t) req->size > config.max_memory) {
-    nbdkit_error ("export '%s': size=%" PRIi64 " is larger than "
+    report_error ("export '%s': size=%" PRIi64 " is larger than "
                   "max-memory=%" PRIu64, quoted, req->size,
                   config.max_memory);
     return NULL;
@@ -369,8 +406,30 @@ registry_close (struct device *dev, bool used)
   dev->opens--;
   for (struct device *d = dev; used && d; d = d->source)
     d->used = true;
-  while (dev && dev->temp && (dev->used || dev->dynamic) &&
-         dev->opens == 0 && dev->clones == 0) {
+  if (dev->opens == 0)
+    clock_gettime (CLOCK_MONOTONIC, &dev->closed_at);
+  if (config.temp_grace == 0)
+    registry_reap (dev);
+  pthread_mutex_unlock (&registry_lock);
+}
+
+/* Whether temp device dev is unused: no connection, no clone, and a
+ * client made it or sent it a request; caller holds the lock.
+ */
+bool
+registry_unused (const struct device *dev)
+{
+  return dev->temp && (dev->used || dev->dynamic) &&
+         dev->opens == 0 && dev->clones == 0;
+}
+
+/* Free dev, and then its sources, while they are unused temp devices;
+ * caller holds the lock.
+ */
+void
+registry_reap (struct device *dev)
+{
+  while (dev && registry_unused (dev)) {
     struct device *source = dev->source;
 
     nbdkit_debug ("device %s: freed (temporary, no connection left)",
@@ -378,7 +437,6 @@ registry_close (struct device *dev, bool used)
     registry_remove (dev);
     dev = source;
   }
-  pthread_mutex_unlock (&registry_lock);
 }
 
 /* Call fn on each device in order, stopping at the first -1. */
@@ -394,4 +452,35 @@ registry_list (int (*fn) (void *opaque, const struct device *dev),
     r = fn (opaque, registry_devices[i]);
   pthread_mutex_unlock (&registry_lock);
   return r;
+}
+
+/* Take the table's lock, for manage.c's changes to the table. */
+void
+registry_lock_table (void)
+{
+  pthread_mutex_lock (&registry_lock);
+}
+
+/* Let go of the table's lock. */
+void
+registry_unlock_table (void)
+{
+  pthread_mutex_unlock (&registry_lock);
+}
+
+/* The devices in the table and their count; caller holds the lock. */
+struct device **
+registry_table (size_t *n)
+{
+  *n = registry_count;
+  return registry_devices;
+}
+
+/* Put dev at the end of the table; caller holds the lock and checked
+ * registry_full.
+ */
+void
+registry_insert (struct device *dev)
+{
+  registry_devices[registry_count++] = dev;
 }

@@ -112,10 +112,12 @@ extern const struct store_ops raw_ops;
 extern const struct store_ops units_ops;
 
 struct store {
+  _Atomic unsigned refs;        /* holders: its device, its clones (R1) */
   uint64_t size;
   unsigned chunk_shift;
   size_t map_words;             /* uint64_t words in a chunk's map */
-  struct store *source;         /* clones: the read-only source, else NULL */
+  struct store *source;         /* clones: the read-only source (a
+                                 * reference, R1), else NULL */
   enum codec codec;             /* how units_ops packs units */
   const struct store_ops *ops;  /* raw_ops, or units_ops when compressed */
   bool mlock;                   /* lock pages holding data in RAM (M1) */

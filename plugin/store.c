@@ -36,6 +36,8 @@
  *   Z1-Z2  compressed units: blobs, reservations        units.c
  *   P1-P2  blob pools: who may move a blob, the bound   pool.c
  *   M1  locked memory follows data pages                raw.c
+ *   R1  who holds a store, and when it goes             here
+ *   L1-L2  snapshot layers: freezing, folding           layer.c
  * Requests that overlap in flight land in one of the orders NBD allows:
  * each page ends up as some order of the requests that touched it left
  * it, and stays so.
@@ -45,6 +47,12 @@
  *       is serialised by grow_lock and published with a release store;
  *       a new chunk has every bit clear, so a zero or a read that finds
  *       the chunk missing and one that finds it empty agree.
+ *   R1  A store is freed when its last holder lets go (store_destroy):
+ *       whoever made it, and each clone whose source it is (a clone
+ *       holds its source from store_create_clone until it is freed or
+ *       store_set_source moves it).  So a source outlives its clones,
+ *       whatever order their devices go in, and its memory stays
+ *       counted until the last store reading it has gone.
  */
 
 #include <errno.h>
@@ -70,6 +78,7 @@ store_create (uint64_t size, unsigned chunk_shift, struct store_limit *limit)
   if (s == NULL)
     return NULL;
   nchunks = (size >> chunk_shift) + ((size & ((1ULL << chunk_shift) - 1)) != 0);
+  atomic_init (&s->refs, 1);
   s->size = size;
   s->chunk_shift = chunk_shift;
   s->map_words = ((1ULL << (chunk_shift - STORE_PAGE_SHIFT)) + 63) / 64;
@@ -84,15 +93,39 @@ store_create (uint64_t size, unsigned chunk_shift, struct store_limit *limit)
   return s;
 }
 
-/* Create a clone of source: O(1), it holds nothing until written. */
+/* Create a clone of source: O(1), it holds nothing until written, and
+ * it holds source (R1).
+ */
 struct store *
 store_create_clone (struct store *source, struct store_limit *limit)
 {
   struct store *s = store_create (source->size, source->chunk_shift, limit);
 
   if (s != NULL)
-    s->source = source;
+    s->source = store_ref (source);
   return s;
+}
+
+/* Take one more hold on s (R1); returns s. */
+struct store *
+store_ref (struct store *s)
+{
+  atomic_fetch_add (&s->refs, 1);
+  return s;
+}
+
+/* How many hold s (R1). */
+unsigned
+store_refs (const struct store *s)
+{
+  return atomic_load (&s->refs);
+}
+
+/* The store a clone reads through, or NULL. */
+struct store *
+store_source (const struct store *s)
+{
+  return s->source;
 }
 
 /* chunkdir_free callback: free one chunk and what its backend gave it. */
@@ -105,19 +138,24 @@ store_free_chunk (void *leaf, void *opaque)
   free (leaf);
 }
 
-/* Free the store and give its memory and its share of the limit back. */
+/* Let go of s (R1): when no one holds it any more, free it, give its
+ * memory and its share of the limit back, and let go of its source.
+ */
 void
 store_destroy (struct store *s)
 {
-  if (s == NULL)
-    return;
-  if (s->limit)
-    atomic_fetch_sub (&s->limit->used,
-                      atomic_load (&s->held) + atomic_load (&s->meta));
-  chunkdir_free (&s->dir, store_free_chunk, s);
-  arena_free (&s->arena);
-  pthread_mutex_destroy (&s->grow_lock);
-  free (s);
+  while (s != NULL && atomic_fetch_sub (&s->refs, 1) == 1) {
+    struct store *source = s->source;
+
+    if (s->limit)
+      atomic_fetch_sub (&s->limit->used,
+                        atomic_load (&s->held) + atomic_load (&s->meta));
+    chunkdir_free (&s->dir, store_free_chunk, s);
+    arena_free (&s->arena);
+    pthread_mutex_destroy (&s->grow_lock);
+    free (s);
+    s = source;
+  }
 }
 
 /* Size of the device in bytes. */

@@ -41,7 +41,13 @@ extern struct store *store_create (uint64_t size, unsigned chunk_shift,
                                    struct store_limit *limit);
 extern struct store *store_create_clone (struct store *source,
                                          struct store_limit *limit);
+extern struct store *store_ref (struct store *s);
 extern void store_destroy (struct store *s);
+extern struct store *store_source (const struct store *s);
+extern unsigned store_refs (const struct store *s);
+extern struct store *store_create_like (struct store *s);
+extern int store_fold (struct store *child);
+extern void store_set_source (struct store *s, struct store *source);
 extern uint64_t store_size (const struct store *s);
 extern uint64_t store_allocated (const struct store *s);
 extern uint64_t store_data (const struct store *s);

@@ -1,0 +1,122 @@
+/* memblock: snapshot layers, built from the clone layer (clone.c).
+ *
+ * A snapshot of a device freezes its store, as it is, into a read-only
+ * layer and gives the device a new, empty clone of it to write into
+ * (store_create_like): O(1), no data copied.  Rollback gives the device
+ * a fresh clone of the snapshot and lets go of its old one.  Over time
+ * a device sits on a chain of frozen layers, each holding the pages
+ * written between two snapshots.
+ *
+ * When a layer is no longer anyone's snapshot and only one store reads
+ * through it, it is folded away: store_fold copies its one reader's own
+ * pages (data and zeroes) down into it, after which the layer reads as
+ * that reader did, and the caller puts it in the reader's place
+ * (store_set_source, or the device's store) and lets the reader go.  A
+ * fold costs the reader's pages, the delta written since the snapshot,
+ * and the pages the two held twice come back: a device whose snapshots
+ * are all gone is one store again, holding only its own data.
+ *
+ *   L1  A frozen layer is never written again, except by store_fold,
+ *       and store_fold only changes the pages its one reader (the
+ *       child) overrides: a reader of the child never reaches them, so
+ *       the child's view is the same before, during and after.  The
+ *       child itself must not change meanwhile: its device's gate is
+ *       closed (gate.c), or it is frozen too.
+ *   L2  A store's source changes (store_set_source) only while no
+ *       request can be reading through it: the gates of every device
+ *       whose chain passes through it are closed.  The old source is
+ *       let go (R1) only after that.
+ */
+
+#include <errno.h>
+#include <stdlib.h>
+
+#include "pagemap.h"
+#include "store-int.h"
+
+/* A clone of s for a device to write into once s is frozen: the same
+ * codec, locking and limit.  NULL with errno on failure.
+ */
+struct store *
+store_create_like (struct store *s)
+{
+  struct store *c = store_create_clone (s, s->limit);
+
+  if (c == NULL)
+    return NULL;
+  if (store_set_codec (c, s->codec) == -1 ||
+      (s->mlock && store_set_mlock (c) == -1)) {
+    int err = errno;
+
+    store_destroy (c);
+    errno = err;
+    return NULL;
+  }
+  return c;
+}
+
+/* Make s read through source instead of its current one, holding the
+ * new source and letting the old go (L2).
+ */
+void
+store_set_source (struct store *s, struct store *source)
+{
+  struct store *old = s->source;
+
+  s->source = source ? store_ref (source) : NULL;
+  store_destroy (old);
+}
+
+/* Copy one run of child's own pages, [at, at+len) of the device, of
+ * class cls into parent: data as it reads, zeroes as a zero.
+ */
+static int
+layer_fold_run (struct store *child, struct store *parent,
+                enum store_class cls, uint64_t at, uint64_t len,
+                unsigned char *buf)
+{
+  if (cls == STORE_ZERO)
+    return store_zero (parent, len, at);
+  if (store_read (child, buf, len, at) == -1)
+    return -1;
+  return store_write (parent, buf, len, at);
+}
+
+/* Fold child's own pages into its source (L1): afterwards the source
+ * reads as child does.  0, or -1 with errno (ENOSPC at the cap, ENOMEM)
+ * having changed only pages child overrides.
+ */
+int
+store_fold (struct store *child)
+{
+  struct store *parent = child->source;
+  uint64_t chunk = 1ULL << child->chunk_shift, idx = 0;
+  unsigned char *buf;
+  int r = 0;
+
+  if (parent == NULL) {
+    errno = EINVAL;
+    return -1;
+  }
+  if ((buf = malloc (chunk)) == NULL)
+    return -1;
+  while (r == 0 &&
+         (idx = chunkdir_next (&child->dir, idx, child->dir.nchunks))
+         < child->dir.nchunks) {
+    struct chunk *c = chunkdir_get (&child->dir, idx);
+    uint64_t base = idx << child->chunk_shift;
+    uint64_t end = MIN (chunk, child->size - base), pos = 0;
+
+    while (r == 0 && pos < end) {
+      enum store_class cls;
+      uint64_t run = pagemap_run (c, pos, end, &cls);
+
+      if (cls != STORE_SOURCE)
+        r = layer_fold_run (child, parent, cls, base + pos, run - pos, buf);
+      pos = run;
+    }
+    idx++;
+  }
+  free (buf);
+  return r;
+}
