@@ -57,16 +57,41 @@ clone_next_chunk (const struct store *s, uint64_t idx, uint64_t end)
 }
 
 /* Fill len bytes at out with what [offset, offset+len) of s's source
- * holds, or zeroes if s has none.
+ * holds, or zeroes if s has none.  Bytes within one page, the common
+ * case, find the store that holds that page with a walk down the chain,
+ * which a long chain of snapshot layers makes worth it; longer runs go
+ * through store_read, run by run.
  */
 void
 clone_read_source (struct store *s, unsigned char *out,
                    uint64_t len, uint64_t offset)
 {
-  if (s->source)
+  uint64_t p = offset >> STORE_PAGE_SHIFT;
+
+  if (s->source && ((offset + len - 1) >> STORE_PAGE_SHIFT) != p) {
     store_read (s->source, out, len, offset);
-  else
-    memset (out, 0, len);
+    return;
+  }
+  for (s = s->source; s != NULL; s = s->source) {
+    uint64_t idx = offset >> s->chunk_shift;
+    struct chunk *c = chunkdir_get (&s->dir, idx);
+    uint64_t mask = (1ULL << (s->chunk_shift - STORE_PAGE_SHIFT)) - 1;
+
+    if (c == NULL)
+      continue;                 /* all source, or zeroes at the end */
+    switch (pagemap_class (c, p & mask)) {
+    case STORE_SOURCE:
+      continue;
+    case STORE_DATA:
+      s->ops->read (s, c, idx << s->chunk_shift, out,
+                    offset & ((1ULL << s->chunk_shift) - 1), len);
+      return;
+    case STORE_ZERO:
+      break;
+    }
+    break;
+  }
+  memset (out, 0, len);
 }
 
 /* Copy [from, to) of chunk c (at base) into out by the class of each
