@@ -1,5 +1,5 @@
-/* memblock: connect strings,
- * NAME[:ro|:rw][:size=SIZE][:from=SOURCE][:temp][:compress=C][:file=PATH].
+/* memblock: connect strings, NAME[:ro|:rw][:size=SIZE][:from=SOURCE]
+ * [:temp][:compress=C][:file=PATH|:persist=PATH].
  *
  * The same grammar names devices on the command line (name=...) and
  * selects them from a client (the NBD export name):
@@ -14,6 +14,14 @@
  *   :file=PATH    command line only: load a raw image at start-up; it
  *                 comes last and takes the rest of the string, so PATH
  *                 may hold ':'
+ *   :persist=PATH command line only, last like :file=: load PATH at
+ *                 start-up if it exists, save the device there at a
+ *                 clean shutdown (save.c).  Only for a writable device
+ *                 of its own: not with :ro, :from=, :temp or :file=.
+ *                 Since both take the rest of the string, a :file= path
+ *                 holding ":persist=" (or the reverse) is refused as the
+ *                 two together, and the path is made absolute here
+ *                 (nbdkit may chdir before the save at exit).
  *
  * Export names arrive from the network, so every message about one
  * quotes it through connect_quote: escaped and cut short.
@@ -34,6 +42,9 @@ static int connect_option_size (const char *opt, size_t len, const char *what,
                                 struct connect *c);
 static int connect_file (const char *path, enum connect_origin origin,
                          const char *what, struct connect *c);
+static int connect_persist (const char *path, enum connect_origin origin,
+                            const char *what, struct connect *c);
+static int connect_check_persist (const struct connect *c, const char *what);
 
 /* Printable, length-limited form of untrusted s for log messages. */
 const char *
@@ -203,7 +214,7 @@ connect_option_size (const char *opt, size_t len, const char *what,
   }
   snprintf (value, sizeof value, "%.*s", (int) (len < 40 ? len : 40), opt);
   nbdkit_error ("%s: unknown option '%s' (expected ro, rw, size=SIZE, "
-                "from=SOURCE, temp, compress=C or file=PATH)",
+                "from=SOURCE, temp, compress=C, file=PATH or persist=PATH)",
                 what, connect_quote (value, buf, sizeof buf));
   return -1;
 }
@@ -235,6 +246,11 @@ connect_parse (const char *str, enum connect_origin origin, struct connect *c)
         return -1;
       break;                    /* the path takes the rest */
     }
+    if (strncmp (opt, "persist=", 8) == 0) {
+      if (connect_persist (opt + 8, origin, what, c) == -1)
+        return -1;
+      break;                    /* the path takes the rest */
+    }
     colon = strchr (opt, ':');
     len = colon ? (size_t) (colon - opt) : strlen (opt);
     if (connect_option (opt, len, what, c) == -1)
@@ -251,7 +267,54 @@ connect_parse (const char *str, enum connect_origin origin, struct connect *c)
     connect_free (c);
     return -1;
   }
+  if (c->persist && connect_check_persist (c, what) == -1) {
+    connect_free (c);
+    return -1;
+  }
   return 0;
+}
+
+/* Refuse :persist= with an option it cannot go with; -1 if so. */
+static int
+connect_check_persist (const struct connect *c, const char *what)
+{
+  const char *why = NULL;
+
+  if (c->readonly == 1)
+    why = "needs a writable device, not ':ro' (it is saved at exit)";
+  else if (c->from[0])
+    why = "cannot go with ':from=' (a clone's data is mostly its source's)";
+  else if (c->temp)
+    why = "cannot go with ':temp' (a temporary device does not last "
+          "until exit)";
+  if (why == NULL)
+    return 0;
+  nbdkit_error ("%s: ':persist=' %s", what, why);
+  return -1;
+}
+
+/* Take PATH of :persist=PATH, the rest of the string, made absolute;
+ * -1 if bad.
+ */
+static int
+connect_persist (const char *path, enum connect_origin origin,
+                 const char *what, struct connect *c)
+{
+  if (origin == CONNECT_CLIENT) {
+    nbdkit_error ("%s: ':persist=' is for the command line only", what);
+    return -1;
+  }
+  if (*path == '\0') {
+    nbdkit_error ("%s: ':persist=' needs a path", what);
+    return -1;
+  }
+  if (strstr (path, ":file=")) {
+    nbdkit_error ("%s: ':persist=' and ':file=' cannot go together (the "
+                  "device is loaded from its :persist= path)", what);
+    return -1;
+  }
+  c->persist = nbdkit_absolute_path (path);   /* NULL: it logged why */
+  return c->persist ? 0 : -1;
 }
 
 /* Take PATH of :file=PATH, the rest of the string; -1 if bad. */
@@ -265,6 +328,11 @@ connect_file (const char *path, enum connect_origin origin, const char *what,
   }
   if (*path == '\0') {
     nbdkit_error ("%s: ':file=' needs a path", what);
+    return -1;
+  }
+  if (strstr (path, ":persist=")) {
+    nbdkit_error ("%s: ':persist=' and ':file=' cannot go together (the "
+                  "device is loaded from its :persist= path)", what);
     return -1;
   }
   c->file = strdup (path);
@@ -292,4 +360,6 @@ connect_free (struct connect *c)
 {
   free (c->file);
   c->file = NULL;
+  free (c->persist);
+  c->persist = NULL;
 }

@@ -1,5 +1,5 @@
-/* memblock: connect strings,
- * NAME[:ro|:rw][:size=SIZE][:from=SOURCE][:temp][:compress=C][:file=PATH].
+/* memblock: connect strings, NAME[:ro|:rw][:size=SIZE][:from=SOURCE]
+ * [:temp][:compress=C][:file=PATH|:persist=PATH].
  */
 #ifndef MEMBLOCK_CONNECT_H
 #define MEMBLOCK_CONNECT_H
@@ -24,6 +24,8 @@ struct connect {
   bool temp;                    /* freed when its last connection closes */
   int compress;                 /* -1 not given, else an enum codec */
   char *file;                   /* image to load (config only), or NULL */
+  char *persist;                /* load at start, save at exit (config
+                                   only; absolute), or NULL */
 };
 
 extern int connect_parse (const char *str, enum connect_origin origin,

@@ -7,13 +7,21 @@
  * needs, then put in the table in the order of declaration (the first
  * one is the default export).  A source never declared, or a cycle of
  * clones, stops nbdkit with one line naming it.
+ *
+ * A device with :persist=PATH is loaded from PATH like :file= when
+ * PATH exists, and starts empty (with :size=) when it does not; either
+ * way PATH's directory must exist and be writable, since the device is
+ * saved there at exit (save.c), and an existing PATH must be a regular
+ * file.  The path is kept in the device (dev->persist) for that save.
  */
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -60,6 +68,51 @@ declare_cycle (const struct connect *c, char *buf, size_t len)
   return false;
 }
 
+/* Check c's :persist= path at start-up: its directory must be there
+ * and writable, and the path, if it exists, a regular file.  1 if the
+ * path exists (load it), 0 if not (start empty), -1 after logging why.
+ */
+static int
+declare_persist (const struct connect *c, const char *what)
+{
+  char dir[4096];
+  char *slash;
+  struct stat st;
+  int exists;
+
+  if (snprintf (dir, sizeof dir, "%s", c->persist) >= (int) sizeof dir) {
+    nbdkit_error ("%s: persist=%s: the path is too long", what, c->persist);
+    return -1;
+  }
+  if (stat (c->persist, &st) == 0) {
+    if (!S_ISREG (st.st_mode)) {
+      nbdkit_error ("%s: persist=%s: %s", what, c->persist,
+                    S_ISDIR (st.st_mode) ? "is a directory, not an image"
+                    : "is not a regular file");
+      return -1;
+    }
+    exists = 1;
+  }
+  else if (errno == ENOENT)
+    exists = 0;
+  else {
+    nbdkit_error ("%s: persist=%s: %m", what, c->persist);
+    return -1;
+  }
+  slash = strrchr (dir, '/');   /* the path is absolute (connect.c) */
+  if (slash == dir)
+    slash[1] = '\0';
+  else
+    *slash = '\0';
+  /* A missing directory or a file on the way failed the stat above. */
+  if (access (dir, W_OK | X_OK) == -1) {
+    nbdkit_error ("%s: persist=%s: the directory %s, where the device is "
+                  "saved at exit: %m", what, c->persist, dir);
+    return -1;
+  }
+  return exists;
+}
+
 /* Make declared device i into made[i] if its source (if any) is made:
  * 1 if made, 0 if its source is not made yet, -1 after logging an error.
  */
@@ -71,6 +124,7 @@ declare_device (size_t i, struct device **made)
   struct device *src = NULL;
   uint64_t size = c->size == -1 ? config.size : (uint64_t) c->size;
   uint64_t file_size = 0;
+  const char *image = c->file;
   int fd = -1;
 
   snprintf (what, sizeof what, "name=%s", c->name);
@@ -85,8 +139,14 @@ declare_device (size_t i, struct device **made)
       return -1;
     }
   }
-  if (c->file) {
-    if ((fd = image_open (c->file, what, &file_size)) == -1)
+  if (c->persist) {
+    switch (declare_persist (c, what)) {
+    case -1: return -1;
+    case 1: image = c->persist; break;
+    }
+  }
+  if (image) {
+    if ((fd = image_open (image, what, &file_size)) == -1)
       return -1;
     if (c->size != -1 && file_size > size) {
       nbdkit_error ("%s: the image (%" PRIu64 " bytes) is larger than "
@@ -102,6 +162,14 @@ declare_device (size_t i, struct device **made)
   if (made[i] == NULL) {
     if (fd != -1)
       close (fd);
+    return -1;
+  }
+  if (c->persist && (made[i]->persist = strdup (c->persist)) == NULL) {
+    nbdkit_error ("%s: strdup: %m", what);
+    if (fd != -1)
+      close (fd);
+    registry_destroy (made[i]);
+    made[i] = NULL;
     return -1;
   }
   if (fd != -1 && image_load (fd, file_size, made[i]->store, what) == -1) {

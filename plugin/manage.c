@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -653,12 +654,17 @@ manage_reaper_thread (void *arg)
 int
 manage_start (void)
 {
+  sigset_t all, old;
   int e;
 
   if (config.temp_grace == 0)
     return 0;
-  if ((e = pthread_create (&manage_reaper, NULL, manage_reaper_thread,
-                           NULL)) != 0) {
+  /* Signals stay with nbdkit's own threads. */
+  sigfillset (&all);
+  pthread_sigmask (SIG_SETMASK, &all, &old);
+  e = pthread_create (&manage_reaper, NULL, manage_reaper_thread, NULL);
+  pthread_sigmask (SIG_SETMASK, &old, NULL);
+  if (e != 0) {
     errno = e;
     nbdkit_error ("temp-grace: pthread_create: %m");
     return -1;

@@ -19,9 +19,12 @@
 
 #include "config.h"
 #include "connect.h"
+#include "control.h"
 #include "declare.h"
 #include "human.h"
+#include "manage.h"
 #include "registry.h"
+#include "save.h"
 #include "store.h"
 
 #define MEMBLOCK_VERSION "1.0"
@@ -49,6 +52,9 @@ static atomic_bool memblock_pin_logged;
 static void
 memblock_unload (void)
 {
+  control_stop ();
+  manage_stop ();
+  save_persist_all ();
   registry_free ();
   config_free ();
 }
@@ -65,11 +71,26 @@ memblock_dump_plugin (void)
   printf ("memblock_default_max_devices=%d\n", CONFIG_DEFAULT_MAX_DEVICES);
 }
 
-/* The .get_ready callback: create the declared devices. */
+/* The .get_ready callback: create the declared devices, then claim
+ * the control socket's path (before nbdkit forks).
+ */
 static int
 memblock_get_ready (void)
 {
-  return registry_init () == -1 ? -1 : declare_devices ();
+  if (registry_init () == -1 || declare_devices () == -1)
+    return -1;
+  return config.control ? control_check () : 0;
+}
+
+/* The .after_fork callback: start the temp-grace reaper and serve the
+ * control socket (threads do not survive nbdkit's fork).
+ */
+static int
+memblock_after_fork (void)
+{
+  if (manage_start () == -1)
+    return -1;
+  return config.control ? control_start () : 0;
 }
 
 /* What memblock_add_export needs. */
@@ -419,6 +440,7 @@ static struct nbdkit_plugin plugin = {
   .magic_config_key   = "name",
   .dump_plugin        = memblock_dump_plugin,
   .get_ready          = memblock_get_ready,
+  .after_fork         = memblock_after_fork,
   .list_exports       = memblock_list_exports,
   .default_export     = memblock_default_export,
   .open               = memblock_open,

@@ -155,6 +155,7 @@ registry_destroy (struct device *dev)
     dev->source->clones--;
   gate_destroy (&dev->gate);
   store_destroy (dev->store);
+  free (dev->persist);
   free (dev);
 }
 
@@ -237,6 +238,7 @@ registry_free (void)
   for (i = registry_count; i-- > 0; ) {
     gate_destroy (&registry_devices[i]->gate);
     store_destroy (registry_devices[i]->store);
+    free (registry_devices[i]->persist);
     free (registry_devices[i]);
   }
   free (registry_devices);
