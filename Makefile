@@ -3,7 +3,8 @@
 #   make            build ./memblock.so and the man page
 #   make check      install what is missing, build, run every test
 #   make run        install what is missing, build, serve disk0 in the foreground
-#   make install    install as nbdkit's "memblock" plugin, with the man page
+#   make install    install as nbdkit's "memblock" plugin and memblock-ctl,
+#                   with their man pages
 #   make clean
 
 CC       ?= gcc
@@ -33,7 +34,8 @@ STORE_SRCS  := plugin/store.c plugin/pagelock.c plugin/acct.c plugin/clone.c \
                plugin/chunkdir.c plugin/arena.c plugin/codec.c \
                plugin/layer.c plugin/gate.c
 # The control socket and what it drives: devices managed at run time.
-CONTROL_SRCS := plugin/manage.c plugin/report.c
+CONTROL_SRCS := plugin/manage.c plugin/report.c plugin/job.c plugin/save.c \
+                plugin/control.c plugin/rpc.c
 PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c \
                plugin/registry.c plugin/declare.c plugin/human.c \
                $(CONTROL_SRCS) $(STORE_SRCS)
@@ -45,7 +47,7 @@ obj = $(patsubst plugin/%.c,$(BUILD)/%.o,$(1))
 .PHONY: all deps deps-check check run install uninstall clean bench fuzz \
         unit shell-tests print-store-srcs
 
-all: memblock.so nbdkit-memblock.1
+all: memblock.so nbdkit-memblock.1 memblock-ctl.1
 
 $(BUILD)/%.o: plugin/%.c $(HEADERS)
 	@mkdir -p $(BUILD)
@@ -77,6 +79,10 @@ nbdkit-memblock.1: nbdkit-memblock.pod
 	pod2man --section=1 --center="nbdkit" --release="memblock" \
 	  --name=nbdkit-memblock $< > $@
 
+memblock-ctl.1: memblock-ctl.pod
+	pod2man --section=1 --center="memblock" --release="memblock" \
+	  --name=memblock-ctl $< > $@
+
 deps:
 	@sh scripts/install-deps.sh build
 
@@ -87,7 +93,7 @@ unit: $(addprefix $(BUILD)/,$(UNIT_TESTS))
 
 check: deps-check
 	$(MAKE) all unit
-	podchecker nbdkit-memblock.pod
+	podchecker nbdkit-memblock.pod memblock-ctl.pod
 	sh tests/run-tests.sh $(BUILD)
 
 run: deps
@@ -108,10 +114,14 @@ include tests/reliability.mk
 install: all
 	install -D -m 0755 memblock.so $(DESTDIR)$(PLUGINDIR)/nbdkit-memblock-plugin.so
 	install -D -m 0644 nbdkit-memblock.1 $(DESTDIR)$(MANDIR)/man1/nbdkit-memblock.1
+	install -D -m 0755 scripts/memblock-ctl $(DESTDIR)$(PREFIX)/bin/memblock-ctl
+	install -D -m 0644 memblock-ctl.1 $(DESTDIR)$(MANDIR)/man1/memblock-ctl.1
 
 uninstall:
 	rm -f $(DESTDIR)$(PLUGINDIR)/nbdkit-memblock-plugin.so \
-	      $(DESTDIR)$(MANDIR)/man1/nbdkit-memblock.1
+	      $(DESTDIR)$(MANDIR)/man1/nbdkit-memblock.1 \
+	      $(DESTDIR)$(PREFIX)/bin/memblock-ctl \
+	      $(DESTDIR)$(MANDIR)/man1/memblock-ctl.1
 
 clean:
-	rm -rf build memblock.so nbdkit-memblock.1
+	rm -rf build memblock.so nbdkit-memblock.1 memblock-ctl.1

@@ -25,3 +25,15 @@ expect_grep 'max-memory=SIZE' "$tmp/help"
 start_plugin inst "$so" name=disk0
 nbdsh -u "$(uri disk0)" -c 'h.pwrite(b"installed", 0); assert h.pread(9, 0) == b"installed"' ||
     fail "installed plugin does not serve"
+
+# memblock-ctl and its man page, run against the installed plugin.
+ctl=$dest/usr/bin/memblock-ctl
+[ -x "$ctl" ] || fail "no memblock-ctl at $ctl"
+[ -s "$dest/usr/share/man/man1/memblock-ctl.1" ] || fail "no memblock-ctl man page"
+man -l "$dest/usr/share/man/man1/memblock-ctl.1" 2>/dev/null |
+    grep -q "snapshot" || fail "memblock-ctl man page lacks snapshot"
+start_plugin ictl "$so" control="$tmp/ictl.ctl" name=disk1:size=1M
+"$ctl" -s "$tmp/ictl.ctl" snapshot disk1=disk1@0 >"$tmp/ctl.out" ||
+    fail "installed memblock-ctl snapshot"
+"$ctl" -s "$tmp/ictl.ctl" list >"$tmp/ctl.out" || fail "installed memblock-ctl list"
+expect_grep '^disk1@0 +1\.0M +yes' "$tmp/ctl.out"
