@@ -17,9 +17,11 @@ CODEC_CFLAGS  = $(shell pkg-config --cflags libzstd liblz4 2>/dev/null)
 CODEC_LIBS    = $(shell pkg-config --libs libzstd liblz4 2>/dev/null)
 JSON_CFLAGS   = $(shell pkg-config --cflags json-c 2>/dev/null)
 JSON_LIBS     = $(shell pkg-config --libs json-c 2>/dev/null)
+NBD_CFLAGS    = $(shell pkg-config --cflags libnbd 2>/dev/null)
+NBD_LIBS      = $(shell pkg-config --libs libnbd 2>/dev/null)
 PLUGINDIR     = $(shell pkg-config --variable=plugindir nbdkit 2>/dev/null)
 CFLAGS_ALL    = -std=gnu11 $(WARN) $(OPTFLAGS) -fPIC -pthread $(NBDKIT_CFLAGS) \
-                $(CODEC_CFLAGS) $(JSON_CFLAGS) \
+                $(CODEC_CFLAGS) $(JSON_CFLAGS) $(NBD_CFLAGS) \
                 $(SANFLAGS) $(CFLAGS)
 
 PREFIX  ?= /usr/local
@@ -37,7 +39,7 @@ STORE_SRCS  := plugin/store.c plugin/pagelock.c plugin/acct.c plugin/clone.c \
 CONTROL_SRCS := plugin/manage.c plugin/report.c plugin/job.c plugin/save.c \
                 plugin/control.c plugin/rpc.c
 PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c \
-               plugin/registry.c plugin/declare.c plugin/human.c \
+               plugin/registry.c plugin/declare.c plugin/human.c plugin/source.c \
                $(CONTROL_SRCS) $(STORE_SRCS)
 HEADERS     := $(wildcard plugin/*.h)
 UNIT_TESTS  := test-core test-clones test-codecs test-races test-memory test-pool
@@ -54,7 +56,7 @@ $(BUILD)/%.o: plugin/%.c $(HEADERS)
 	$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
 $(BUILD)/memblock.so: $(call obj,$(PLUGIN_SRCS))
-	$(CC) $(CFLAGS_ALL) -shared -o $@ $^ $(CODEC_LIBS) $(JSON_LIBS) $(LDFLAGS)
+	$(CC) $(CFLAGS_ALL) -shared -o $@ $^ $(CODEC_LIBS) $(JSON_LIBS) $(NBD_LIBS) $(LDFLAGS)
 
 memblock.so: $(BUILD)/memblock.so
 	cp $< $@.tmp && mv -f $@.tmp $@

@@ -1,5 +1,5 @@
 /* memblock: connect strings, NAME[:ro|:rw][:size=SIZE][:from=SOURCE]
- * [:temp][:compress=C][:file=PATH|:persist=PATH].
+ * [:temp][:compress=C][:format=FMT][:file=PATH|:persist=PATH|:nbd=URI].
  *
  * The same grammar names devices on the command line (name=...) and
  * selects them from a client (the NBD export name):
@@ -22,6 +22,10 @@
  *                 holding ":persist=" (or the reverse) is refused as the
  *                 two together, and the path is made absolute here
  *                 (nbdkit may chdir before the save at exit).
+ *   :format=FMT   command line only, with :file=: the image's format,
+ *                 raw (the default) or one qemu-nbd reads (source.c)
+ *   :nbd=URI      command line only, last like :file=: load from an NBD
+ *                 server (libnbd's URI syntax)
  *
  * Export names arrive from the network, so every message about one
  * quotes it through connect_quote: escaped and cut short.
@@ -37,6 +41,7 @@
 
 #include "codec.h"
 #include "connect.h"
+#include "report.h"
 
 static int connect_option_size (const char *opt, size_t len, const char *what,
                                 struct connect *c);
@@ -45,6 +50,9 @@ static int connect_file (const char *path, enum connect_origin origin,
 static int connect_persist (const char *path, enum connect_origin origin,
                             const char *what, struct connect *c);
 static int connect_check_persist (const struct connect *c, const char *what);
+static int connect_uri (const char *uri, enum connect_origin origin,
+                        const char *what, struct connect *c);
+static int connect_check_source (const struct connect *c, const char *what);
 
 /* Printable, length-limited form of untrusted s for log messages. */
 const char *
@@ -156,6 +164,19 @@ connect_option (const char *opt, size_t len, const char *what,
     c->compress = codec;
     return 0;
   }
+  if (len > 7 && strncmp (opt, "format=", 7) == 0) {
+    if (c->format[0]) {
+      nbdkit_error ("%s: ':format=' given twice", what);
+      return -1;
+    }
+    if (len - 7 > CONNECT_FORMAT_MAX) {
+      nbdkit_error ("%s: ':format=': no format has so long a name", what);
+      return -1;
+    }
+    memcpy (c->format, opt + 7, len - 7);
+    c->format[len - 7] = '\0';
+    return connect_check_format (c->format, what);
+  }
   if (len > 5 && strncmp (opt, "from=", 5) == 0) {
     if (c->from[0]) {
       nbdkit_error ("%s: ':from=' given twice", what);
@@ -214,7 +235,8 @@ connect_option_size (const char *opt, size_t len, const char *what,
   }
   snprintf (value, sizeof value, "%.*s", (int) (len < 40 ? len : 40), opt);
   nbdkit_error ("%s: unknown option '%s' (expected ro, rw, size=SIZE, "
-                "from=SOURCE, temp, compress=C, file=PATH or persist=PATH)",
+                "from=SOURCE, temp, compress=C, format=FMT, file=PATH, "
+                "persist=PATH or nbd=URI)",
                 what, connect_quote (value, buf, sizeof buf));
   return -1;
 }
@@ -251,6 +273,11 @@ connect_parse (const char *str, enum connect_origin origin, struct connect *c)
         return -1;
       break;                    /* the path takes the rest */
     }
+    if (strncmp (opt, "nbd=", 4) == 0) {
+      if (connect_uri (opt + 4, origin, what, c) == -1)
+        return -1;
+      break;                    /* the URI takes the rest */
+    }
     colon = strchr (opt, ':');
     len = colon ? (size_t) (colon - opt) : strlen (opt);
     if (connect_option (opt, len, what, c) == -1)
@@ -269,6 +296,68 @@ connect_parse (const char *str, enum connect_origin origin, struct connect *c)
   }
   if (c->persist && connect_check_persist (c, what) == -1) {
     connect_free (c);
+    return -1;
+  }
+  if (connect_check_source (c, what) == -1) {
+    connect_free (c);
+    return -1;
+  }
+  return 0;
+}
+
+/* Check a format name: lower-case letters and digits, as qemu names
+ * them.  -1 after logging if bad.
+ */
+int
+connect_check_format (const char *format, const char *what)
+{
+  size_t n = strspn (format, "abcdefghijklmnopqrstuvwxyz0123456789");
+
+  if (*format == '\0' || format[n] != '\0' || n > CONNECT_FORMAT_MAX) {
+    report_error ("%s: ':format=' takes a format name such as raw, qcow2 "
+                  "or vmdk", what);
+    return -1;
+  }
+  return 0;
+}
+
+/* Refuse :format= without :file=, and :nbd= with another source or a
+ * clone; -1 if so.
+ */
+static int
+connect_check_source (const struct connect *c, const char *what)
+{
+  const char *why = NULL;
+
+  if (c->format[0] && c->file == NULL)
+    why = "':format=' is the format of a ':file=' image: give ':file=' "
+          "after it";
+  else if (c->uri && c->from[0])
+    why = "':from=' and ':nbd=' cannot go together";
+  else if (c->uri && (c->file || c->persist))
+    why = "':nbd=' cannot go with ':file=' or ':persist='";
+  if (why == NULL)
+    return 0;
+  nbdkit_error ("%s: %s", what, why);
+  return -1;
+}
+
+/* Take URI of :nbd=URI, the rest of the string; -1 if bad. */
+static int
+connect_uri (const char *uri, enum connect_origin origin, const char *what,
+             struct connect *c)
+{
+  if (origin == CONNECT_CLIENT) {
+    nbdkit_error ("%s: ':nbd=' is for the command line only", what);
+    return -1;
+  }
+  if (*uri == '\0') {
+    nbdkit_error ("%s: ':nbd=' needs a URI", what);
+    return -1;
+  }
+  c->uri = strdup (uri);
+  if (c->uri == NULL) {
+    nbdkit_error ("strdup: %m");
     return -1;
   }
   return 0;
@@ -362,4 +451,6 @@ connect_free (struct connect *c)
   c->file = NULL;
   free (c->persist);
   c->persist = NULL;
+  free (c->uri);
+  c->uri = NULL;
 }

@@ -30,7 +30,7 @@
 
 #include "config.h"
 #include "declare.h"
-#include "image.h"
+#include "source.h"
 #include "registry.h"
 
 /* The index of the declared device called name, or -1. */
@@ -124,8 +124,9 @@ declare_device (size_t i, struct device **made)
   struct device *src = NULL;
   uint64_t size = c->size == -1 ? config.size : (uint64_t) c->size;
   uint64_t file_size = 0;
-  const char *image = c->file;
-  int fd = -1;
+  struct source_spec spec = { .file = c->file, .uri = c->uri,
+                              .format = c->format[0] ? c->format : NULL };
+  struct source *image = NULL;
 
   snprintf (what, sizeof what, "name=%s", c->name);
   if (c->from[0]) {
@@ -142,16 +143,16 @@ declare_device (size_t i, struct device **made)
   if (c->persist) {
     switch (declare_persist (c, what)) {
     case -1: return -1;
-    case 1: image = c->persist; break;
+    case 1: spec.file = c->persist; break;
     }
   }
-  if (image) {
-    if ((fd = image_open (image, what, &file_size)) == -1)
+  if (spec.file || spec.uri) {
+    if ((image = source_open (&spec, what, &file_size)) == NULL)
       return -1;
     if (c->size != -1 && file_size > size) {
       nbdkit_error ("%s: the image (%" PRIu64 " bytes) is larger than "
                     ":size=%" PRIu64, what, file_size, size);
-      close (fd);
+      source_close (image);
       return -1;
     }
     if (c->size == -1)
@@ -160,19 +161,17 @@ declare_device (size_t i, struct device **made)
   made[i] = registry_make (c->name, size, c->readonly == 1, c->temp, src,
                            c->compress);
   if (made[i] == NULL) {
-    if (fd != -1)
-      close (fd);
+    source_close (image);
     return -1;
   }
   if (c->persist && (made[i]->persist = strdup (c->persist)) == NULL) {
     nbdkit_error ("%s: strdup: %m", what);
-    if (fd != -1)
-      close (fd);
+    source_close (image);
     registry_destroy (made[i]);
     made[i] = NULL;
     return -1;
   }
-  if (fd != -1 && image_load (fd, file_size, made[i]->store, what) == -1) {
+  if (image && source_load (image, made[i]->store, what, NULL) == -1) {
     registry_destroy (made[i]);
     made[i] = NULL;
     return -1;

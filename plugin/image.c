@@ -88,6 +88,7 @@ struct image_job {
   uint64_t size;                /* bytes of the file */
   unsigned nthreads;
   _Atomic uint64_t data;        /* bytes of data read */
+  _Atomic uint64_t *done;       /* bytes of the file dealt with */
   _Atomic bool failed;
   int err;                      /* errno of the first failure */
   pthread_mutex_t err_lock;
@@ -181,6 +182,7 @@ image_thread (void *arg)
 
     if (image_copy (j, from, to) == -1)
       image_fail (j, errno);
+    *j->done += to - from;
   }
   return NULL;
 }
@@ -196,13 +198,14 @@ image_elapsed (const struct timespec *start)
 }
 
 /* Fill store s from the image of size bytes open on fd (closed here),
- * as image_open gave them; 0, or -1 after logging a line starting with
- * what.
+ * as image_open gave them, counting progress in *done; 0, or -1 after
+ * logging a line starting with what.
  */
 int
-image_load (int fd, uint64_t size, struct store *s, const char *what)
+image_load (int fd, uint64_t size, struct store *s, const char *what,
+            _Atomic uint64_t *done)
 {
-  struct image_job j = { .fd = fd, .s = s };
+  struct image_job j = { .fd = fd, .s = s, .done = done };
   pthread_t threads[IMAGE_MAX_THREADS];
   void *args[IMAGE_MAX_THREADS][2];
   struct timespec start;

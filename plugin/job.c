@@ -1,8 +1,10 @@
 /* memblock: background jobs started through the control socket.
  *
- * A job is a save of a device to a file (save.c).  job_start_save cuts
- * a frozen view of the device (manage_freeze, O(1): the device keeps
- * serving), starts a thread that writes the view out with save_image
+ * A job is a save of a device to a file (save.c), or the load of a new
+ * device that device_create runs on its caller's thread (source.c) and
+ * shows here while it runs (job_begin_load, job_end_load).  For a
+ * save, job_start_save cuts a frozen view of the device
+ * (manage_freeze, O(1): the device keeps serving), starts a thread that writes the view out with save_image
  * and gives it back (manage_thaw), and returns at once with the job's
  * id.  Everything a caller can get wrong (no such device, no path and no
  * :persist= path, a relative path, an existing file without overwrite,
@@ -52,6 +54,7 @@ struct job {
   bool overwrite;
   struct manage_frozen frozen;  /* the view being saved */
   pthread_t thread;
+  bool has_thread;              /* a save: join it when dropping the job */
   unsigned waiters;             /* in job_wait: do not drop */
   struct job *next;
 };
@@ -131,7 +134,8 @@ job_prune (const struct job *self)
       job_tail = prev;
     job_finished--;
     /* Its thread has set the state under the lock and only returns. */
-    pthread_join (j->thread, NULL);
+    if (j->has_thread)
+      pthread_join (j->thread, NULL);
     free (j);
   }
 }
@@ -187,6 +191,70 @@ job_check_busy (const char *label, const char *path, struct manage_err *err)
   return 0;
 }
 
+/* Give j the next id and put it at the end of the list, running;
+ * caller holds job_lock.
+ */
+static void
+job_add (struct job *j)
+{
+  j->info.id = job_next_id++;
+  job_running++;
+  if (job_tail)
+    job_tail->next = j;
+  else
+    job_head = j;
+  job_tail = j;
+}
+
+/* Show a load device_create runs in job_list (see job.h). */
+int
+job_begin_load (const char *device, const char *from, uint64_t total,
+                uint64_t *id, _Atomic uint64_t **done,
+                struct manage_err *err)
+{
+  struct job *j = calloc (1, sizeof *j);
+
+  if (j == NULL)
+    return job_refuse (err, ENOMEM, "load: calloc: %m");
+  j->info.kind = "load";
+  snprintf (j->info.device, sizeof j->info.device, "%s", device);
+  snprintf (j->info.path, sizeof j->info.path, "%s", from);
+  j->info.state = JOB_RUNNING;
+  j->info.total_bytes = total;
+  pthread_mutex_lock (&job_lock);
+  if (job_stopping) {
+    pthread_mutex_unlock (&job_lock);
+    free (j);
+    return job_refuse (err, EBUSY, "load of '%s': the server is shutting "
+                       "down", device);
+  }
+  job_add (j);
+  *id = j->info.id;
+  *done = &j->done;
+  pthread_mutex_unlock (&job_lock);
+  return 0;
+}
+
+/* Record how a load ended. */
+void
+job_end_load (uint64_t id, const char *error)
+{
+  struct job *j;
+
+  pthread_mutex_lock (&job_lock);
+  j = job_find (id);
+  if (j != NULL) {
+    j->info.state = error ? JOB_FAILED : JOB_DONE;
+    if (error)
+      snprintf (j->info.error, sizeof j->info.error, "%s", error);
+    job_running--;
+    job_finished++;
+    job_prune (NULL);
+    pthread_cond_broadcast (&job_cond);
+  }
+  pthread_mutex_unlock (&job_lock);
+}
+
 /* Start saving device to path (NULL: its :persist= path). */
 int
 job_start_save (const char *device, const char *path, bool overwrite,
@@ -234,7 +302,6 @@ job_start_save (const char *device, const char *path, bool overwrite,
     goto out;
   }
   j->info.total_bytes = j->frozen.size;
-  j->info.id = job_next_id;
   errno = pthread_create (&j->thread, NULL, job_thread, j);
   if (errno != 0) {
     job_refuse (err, errno, "device '%s': save to %s: cannot start a "
@@ -243,13 +310,8 @@ job_start_save (const char *device, const char *path, bool overwrite,
     manage_thaw (&j->frozen);
     goto out;
   }
-  job_next_id++;
-  job_running++;
-  if (job_tail)
-    job_tail->next = j;
-  else
-    job_head = j;
-  job_tail = j;
+  j->has_thread = true;
+  job_add (j);
   *id = j->info.id;
   j = NULL;                     /* the list holds it */
   pthread_mutex_unlock (&job_lock);
@@ -316,7 +378,8 @@ job_shutdown (void)
   pthread_mutex_unlock (&job_lock);
   for (; j; j = next) {
     next = j->next;
-    pthread_join (j->thread, NULL);
+    if (j->has_thread)
+      pthread_join (j->thread, NULL);
     free (j);
   }
 }

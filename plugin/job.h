@@ -2,6 +2,7 @@
 #ifndef MEMBLOCK_JOB_H
 #define MEMBLOCK_JOB_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -13,7 +14,7 @@ enum job_state { JOB_RUNNING, JOB_DONE, JOB_FAILED };
 /* One job as job_list shows it. */
 struct job_info {
   uint64_t id;
-  const char *kind;             /* "save" */
+  const char *kind;             /* "save" or "load" */
   char device[CONNECT_NAME_MAX + 1];
   char path[4096];
   enum job_state state;
@@ -27,6 +28,14 @@ struct job_info {
 extern int job_start_save (const char *device, const char *path,
                            bool overwrite, uint64_t *id,
                            struct manage_err *err);
+/* A load that device_create runs itself, shown in job_list meanwhile:
+ * job_begin_load gives it an id and the counter to update; job_end_load
+ * records how it ended (error NULL: done).  -1 with err if refused.
+ */
+extern int job_begin_load (const char *device, const char *from,
+                           uint64_t total, uint64_t *id,
+                           _Atomic uint64_t **done, struct manage_err *err);
+extern void job_end_load (uint64_t id, const char *error);
 extern int job_list (int (*fn) (void *opaque, const struct job_info *),
                      void *opaque);
 /* Wait for job id to end and describe it; -1/ENOENT if no such job. */

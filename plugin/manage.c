@@ -41,7 +41,8 @@
 #include <nbdkit-plugin.h>
 
 #include "config.h"
-#include "image.h"
+#include "job.h"
+#include "source.h"
 #include "manage.h"
 #include "registry.h"
 #include "report.h"
@@ -298,9 +299,81 @@ manage_tidy (void)
     ;
 }
 
-/* Make the device req asks for (the rules of a connect string, and a
- * file to load), describe it into info; -1 with err if refused, with
- * nothing made.
+/* Load dev's store from src (closed here), shown as a job meanwhile;
+ * runs without the table's lock.  0, or -1 with err filled.
+ */
+static int
+manage_load (struct device *dev, struct source *src, const char *from,
+             uint64_t total, const char *what, struct manage_err *err)
+{
+  _Atomic uint64_t *done = NULL;
+  uint64_t id;
+  int r;
+
+  if (job_begin_load (dev->name, from, total, &id, &done, err) == -1) {
+    source_close (src);
+    return -1;
+  }
+  r = source_load (src, dev->store, what, done);
+  if (r == -1 && err->errnum == 0)
+    err->errnum = errno ? errno : EIO;
+  job_end_load (id, r == -1 ? err->msg : NULL);
+  return r;
+}
+
+/* Check what req asks for against the table; caller holds its lock.
+ * The source of a clone in *src.  0, or -1 with err filled.
+ */
+static int
+manage_check_create (const struct manage_create *req, const char *what,
+                     const char *quoted, uint64_t size, struct device **src,
+                     struct manage_err *err)
+{
+  char from[CONNECT_QUOTE_MAX];
+
+  *src = NULL;
+  if (registry_find (req->name))
+    return manage_fail (err, EEXIST, "%s: a device of that name exists",
+                        what);
+  if (req->from && req->from[0]) {
+    connect_quote (req->from, from, sizeof from);
+    if (req->file || req->uri)
+      return manage_fail (err, EINVAL, "%s: a clone (from=%s) cannot "
+                          "also load an image", what, from);
+    if ((*src = registry_find (req->from)) == NULL)
+      return manage_fail (err, ENOENT, "%s: from=%s: no such device", what,
+                          from);
+    if (!(*src)->readonly)
+      return manage_fail (err, EINVAL, "%s: from=%s: the source of a clone "
+                          "must be a read-only device", what, from);
+    if (req->size != -1 && size != store_size ((*src)->store))
+      return manage_fail (err, EINVAL, "%s: a clone has its source's size",
+                          what);
+  }
+  if (req->file && req->uri)
+    return manage_fail (err, EINVAL, "%s: give file or uri, not both", what);
+  if (req->format && req->file == NULL)
+    return manage_fail (err, EINVAL, "%s: format is the format of a file: "
+                        "give file too", what);
+  if (req->format && connect_check_format (req->format, what) == -1)
+    return manage_fail (err, EINVAL, "%s: format must be a name such as "
+                        "raw, qcow2 or vmdk", what);
+  if (config_check_device (what, req->compress) == -1) {
+    err->errnum = EINVAL;
+    return -1;
+  }
+  if (registry_full (quoted)) {
+    err->errnum = ENOSPC;
+    return -1;
+  }
+  return 0;
+}
+
+/* Make the device req asks for (the rules of a connect string, and an
+ * image to load), describe it into info; -1 with err if refused, with
+ * nothing made.  A load runs without the table's lock, so connects and
+ * other calls go on meanwhile; the name is checked again before the
+ * device goes in.
  */
 int
 manage_create (const struct manage_create *req, struct manage_info *info,
@@ -309,8 +382,11 @@ manage_create (const struct manage_create *req, struct manage_info *info,
   struct device *src = NULL, *dev = NULL;
   char what[CONNECT_QUOTE_MAX + 16], quoted[CONNECT_QUOTE_MAX];
   uint64_t size = req->size == -1 ? config.size : (uint64_t) req->size;
-  uint64_t file_size = 0;
-  int fd = -1;
+  uint64_t image_size = 0;
+  struct source_spec spec = { .file = req->file, .format = req->format,
+                              .uri = req->uri };
+  struct source *image = NULL;
+  bool locked = true;
 
   if (manage_check_name ("device_create: name", req->name, err) == -1)
     return -1;
@@ -318,61 +394,53 @@ manage_create (const struct manage_create *req, struct manage_info *info,
   snprintf (what, sizeof what, "device '%s'", quoted);
   registry_lock_table ();
   report_capture (err);
-  if (registry_find (req->name)) {
-    manage_fail (err, EEXIST, "%s: a device of that name exists", what);
+  if (manage_check_create (req, what, quoted, size, &src, err) == -1)
     goto out;
-  }
-  if (req->from && req->from[0]) {
-    char from[CONNECT_QUOTE_MAX];
-
-    connect_quote (req->from, from, sizeof from);
-    if ((src = registry_find (req->from)) == NULL) {
-      manage_fail (err, ENOENT, "%s: from=%s: no such device", what, from);
+  if (req->file || req->uri) {
+    registry_unlock_table ();
+    locked = false;
+    if ((image = source_open (&spec, what, &image_size)) == NULL) {
+      err->errnum = errno ? errno : EINVAL;
       goto out;
     }
-    if (!src->readonly) {
-      manage_fail (err, EINVAL, "%s: from=%s: the source of a clone must "
-                   "be a read-only device", what, from);
-      goto out;
-    }
-    if (req->size != -1 && size != store_size (src->store)) {
-      manage_fail (err, EINVAL, "%s: a clone has its source's size",
-                   what);
-      goto out;
-    }
-  }
-  if (config_check_device (what, req->compress) == -1) {
-    err->errnum = EINVAL;
-    goto out;
-  }
-  if (registry_full (quoted)) {
-    err->errnum = ENOSPC;
-    goto out;
-  }
-  if (req->file) {
-    if ((fd = image_open (req->file, what, &file_size)) == -1) {
-      err->errnum = errno;
-      goto out;
-    }
-    if (req->size != -1 && file_size > size) {
+    if (req->size != -1 && image_size > size) {
       manage_fail (err, EINVAL, "%s: the image (%" PRIu64 " bytes) is "
-                   "larger than size=%" PRIu64, what, file_size, size);
+                   "larger than size=%" PRIu64, what, image_size, size);
+      source_close (image);
       goto out;
     }
     if (req->size == -1)
-      size = file_size;
+      size = image_size;
   }
   dev = registry_make (req->name, size, req->readonly == 1, req->temp, src,
                        req->compress);
   if (dev == NULL) {
     err->errnum = errno ? errno : ENOMEM;
+    source_close (image);
     goto out;
   }
-  if (fd != -1 && image_load (fd, file_size, dev->store, what) == -1) {
-    err->errnum = errno ? errno : EIO;
-    registry_destroy (dev);
-    dev = NULL;
-    goto out;
+  if (image) {
+    if (manage_load (dev, image, req->file ? req->file : req->uri,
+                     image_size, what, err) == -1) {
+      registry_destroy (dev);
+      dev = NULL;
+      goto out;
+    }
+    registry_lock_table ();
+    locked = true;
+    if (registry_find (req->name)) {
+      manage_fail (err, EEXIST, "%s: a device of that name was made while "
+                   "this one loaded", what);
+      registry_destroy (dev);
+      dev = NULL;
+      goto out;
+    }
+    if (registry_full (quoted)) {
+      err->errnum = ENOSPC;
+      registry_destroy (dev);
+      dev = NULL;
+      goto out;
+    }
   }
   /* A temp device no one has opened yet waits for its first user. */
   dev->dynamic = false;
@@ -380,9 +448,8 @@ manage_create (const struct manage_create *req, struct manage_info *info,
   manage_describe (dev, info);
  out:
   report_capture (NULL);
-  registry_unlock_table ();
-  if (fd != -1)
-    close (fd);
+  if (locked)
+    registry_unlock_table ();
   if (dev == NULL && err->msg[0] && err->errnum == 0)
     err->errnum = EINVAL;
   return dev ? 0 : -1;

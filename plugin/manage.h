@@ -52,6 +52,8 @@ struct manage_create {
   bool temp;
   int compress;                 /* -1: not given, else an enum codec */
   const char *file;             /* NULL: no image to load */
+  const char *format;           /* file's format; NULL: raw */
+  const char *uri;              /* NBD server to load from, or NULL */
 };
 
 /* A frozen, read-only view of a device's data at one instant, held for

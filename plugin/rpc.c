@@ -433,7 +433,9 @@ rpc_device_list (struct json_object *params, struct json_object **result,
   return 0;
 }
 
-/* device_create {name, size?, readonly?, from?, temp?, compress?, file?} */
+/* device_create {name, size?, readonly?, from?, temp?, compress?, file?,
+ * format?, uri?}
+ */
 static int
 rpc_device_create (struct json_object *params, struct json_object **result,
                    struct rpc_fail *f)
@@ -446,6 +448,8 @@ rpc_device_create (struct json_object *params, struct json_object **result,
     .temp = rpc_bool (params, "temp", false),
     .compress = -1,
     .file = rpc_string (params, "file"),
+    .format = rpc_string (params, "format"),
+    .uri = rpc_string (params, "uri"),
   };
   const char *compress = rpc_string (params, "compress");
   struct manage_info info;
@@ -661,6 +665,8 @@ static const struct rpc_param rpc_create_params[] = {
   { "temp", RPC_BOOL, false },
   { "compress", RPC_STRING, false },
   { "file", RPC_STRING, false },
+  { "format", RPC_STRING, false },
+  { "uri", RPC_STRING, false },
   { NULL, RPC_STRING, false },
 };
 static const struct rpc_param rpc_delete_params[] = {

@@ -6,7 +6,7 @@ set -eu
 
 what=${1:-all}
 
-build="gcc make pkg-config nbdkit nbdkit-plugin-dev perl libzstd-dev liblz4-dev libjson-c-dev"
+build="gcc make pkg-config nbdkit nbdkit-plugin-dev perl libzstd-dev liblz4-dev libjson-c-dev libnbd-dev"
 # e2fsprogs: mkfs.ext4 -d builds the images the clone tests load.
 tests="check libnbd-bin python3-libnbd qemu-utils valgrind clang libclang-rt-14-dev e2fsprogs"
 guest="guestfish linux-image-amd64"
