@@ -40,6 +40,7 @@ CONTROL_SRCS := plugin/manage.c plugin/report.c plugin/job.c plugin/save.c \
                 plugin/control.c plugin/rpc.c
 PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c \
                plugin/registry.c plugin/declare.c plugin/human.c plugin/source.c \
+               plugin/volatile.c \
                $(CONTROL_SRCS) $(STORE_SRCS)
 HEADERS     := $(wildcard plugin/*.h)
 UNIT_TESTS  := test-core test-clones test-codecs test-races test-memory test-pool

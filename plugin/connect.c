@@ -1,5 +1,5 @@
 /* memblock: connect strings, NAME[:ro|:rw][:size=SIZE][:from=SOURCE]
- * [:temp][:compress=C][:format=FMT][:file=PATH|:persist=PATH|:nbd=URI].
+ * [:temp][:volatile][:compress=C][:format=FMT][:file=PATH|:persist=PATH|:nbd=URI].
  *
  * The same grammar names devices on the command line (name=...) and
  * selects them from a client (the NBD export name):
@@ -22,6 +22,7 @@
  *                 holding ":persist=" (or the reverse) is refused as the
  *                 two together, and the path is made absolute here
  *                 (nbdkit may chdir before the save at exit).
+ *   :volatile     a disk with a volatile write cache (volatile.c)
  *   :format=FMT   command line only, with :file=: the image's format,
  *                 raw (the default) or one qemu-nbd reads (source.c)
  *   :nbd=URI      command line only, last like :file=: load from an NBD
@@ -140,6 +141,14 @@ static int
 connect_option (const char *opt, size_t len, const char *what,
                 struct connect *c)
 {
+  if (len == 8 && strncmp (opt, "volatile", 8) == 0) {
+    if (c->vol) {
+      nbdkit_error ("%s: ':volatile' given twice", what);
+      return -1;
+    }
+    c->vol = true;
+    return 0;
+  }
   if (len == 4 && strncmp (opt, "temp", 4) == 0) {
     if (c->temp) {
       nbdkit_error ("%s: ':temp' given twice", what);
@@ -235,7 +244,7 @@ connect_option_size (const char *opt, size_t len, const char *what,
   }
   snprintf (value, sizeof value, "%.*s", (int) (len < 40 ? len : 40), opt);
   nbdkit_error ("%s: unknown option '%s' (expected ro, rw, size=SIZE, "
-                "from=SOURCE, temp, compress=C, format=FMT, file=PATH, "
+                "from=SOURCE, temp, volatile, compress=C, format=FMT, file=PATH, "
                 "persist=PATH or nbd=URI)",
                 what, connect_quote (value, buf, sizeof buf));
   return -1;
@@ -329,7 +338,11 @@ connect_check_source (const struct connect *c, const char *what)
 {
   const char *why = NULL;
 
-  if (c->format[0] && c->file == NULL)
+  if (c->vol && c->readonly == 1)
+    why = "':volatile' needs a writable device, not ':ro'";
+  else if (c->vol && c->persist)
+    why = "':volatile' cannot go with ':persist='";
+  else if (c->format[0] && c->file == NULL)
     why = "':format=' is the format of a ':file=' image: give ':file=' "
           "after it";
   else if (c->uri && c->from[0])
@@ -440,7 +453,7 @@ bool
 connect_creates (const struct connect *c)
 {
   return c->readonly == 0 || c->size != -1 || c->from[0] || c->temp ||
-         c->compress != -1;
+         c->compress != -1 || c->vol;
 }
 
 /* Free what connect_parse allocated in c. */

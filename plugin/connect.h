@@ -1,5 +1,5 @@
 /* memblock: connect strings, NAME[:ro|:rw][:size=SIZE][:from=SOURCE]
- * [:temp][:compress=C][:format=FMT][:file=PATH|:persist=PATH|:nbd=URI].
+ * [:temp][:volatile][:compress=C][:format=FMT][:file=PATH|:persist=PATH|:nbd=URI].
  */
 #ifndef MEMBLOCK_CONNECT_H
 #define MEMBLOCK_CONNECT_H
@@ -23,6 +23,7 @@ struct connect {
   int64_t size;                 /* -1 not given */
   char from[CONNECT_NAME_MAX + 1];  /* source of a clone; "" if none */
   bool temp;                    /* freed when its last connection closes */
+  bool vol;                     /* :volatile: a volatile write cache */
   int compress;                 /* -1 not given, else an enum codec */
   char *file;                   /* image to load (config only), or NULL */
   char *persist;                /* load at start, save at exit (config

@@ -31,6 +31,7 @@
 #include "config.h"
 #include "declare.h"
 #include "source.h"
+#include "volatile.h"
 #include "registry.h"
 
 /* The index of the declared device called name, or -1. */
@@ -171,7 +172,8 @@ declare_device (size_t i, struct device **made)
     made[i] = NULL;
     return -1;
   }
-  if (image && source_load (image, made[i]->store, what, NULL) == -1) {
+  if ((image && source_load (image, made[i]->store, what, NULL) == -1) ||
+      (c->vol && vol_attach (made[i]) == -1)) {
     registry_destroy (made[i]);
     made[i] = NULL;
     return -1;

@@ -18,8 +18,15 @@
  *       sees the gate closed (and backs out before touching the store),
  *       or the closer sees it inside and waits for it to leave.
  *   G2  Closers nest (closers counts them): the gate opens when the last
- *       one opens it.  Closers are serialised by their caller (the
- *       registry lock), so two never wait on each other.
+ *       one opens it.  A closer holds the gate's `excl` mutex (recursive,
+ *       so one thread may close a gate twice) from gate_close to
+ *       gate_open, so two threads never own one closed gate at once: the
+ *       control socket's calls (serialised by the registry lock, which
+ *       may close several gates) and a volatile device's flush or power
+ *       cut (volatile.c, from a request's thread, outside the gate, one
+ *       gate only).  A thread holding one gate's excl waits only for
+ *       requests to leave, or for another excl under the registry lock,
+ *       so no cycle forms.
  *   G3  The counts are per stripe, added with relaxed atomics, and
  *       summed on demand: a reader may see a request counted before its
  *       bytes, never a count going down.
@@ -39,10 +46,16 @@ static _Atomic unsigned gate_next_stripe;
 void
 gate_init (struct gate *g)
 {
+  pthread_mutexattr_t attr;
+
   memset (g->stripe, 0, sizeof g->stripe);
   atomic_init (&g->closed, false);
   pthread_mutex_init (&g->lock, NULL);
   pthread_cond_init (&g->opened, NULL);
+  pthread_mutexattr_init (&attr);
+  pthread_mutexattr_settype (&attr, PTHREAD_MUTEX_RECURSIVE);
+  pthread_mutex_init (&g->excl, &attr);
+  pthread_mutexattr_destroy (&attr);
   g->closers = 0;
 }
 
@@ -52,6 +65,7 @@ gate_destroy (struct gate *g)
 {
   pthread_mutex_destroy (&g->lock);
   pthread_cond_destroy (&g->opened);
+  pthread_mutex_destroy (&g->excl);
 }
 
 /* This thread's stripe of g. */
@@ -118,6 +132,7 @@ gate_close (struct gate *g)
 {
   unsigned spins = 0;
 
+  pthread_mutex_lock (&g->excl);
   pthread_mutex_lock (&g->lock);
   g->closers++;
   atomic_store (&g->closed, true);
@@ -140,6 +155,7 @@ gate_open (struct gate *g)
     pthread_cond_broadcast (&g->opened);
   }
   pthread_mutex_unlock (&g->lock);
+  pthread_mutex_unlock (&g->excl);
 }
 
 /* Sum g's counts into out (G3). */

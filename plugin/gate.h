@@ -34,6 +34,7 @@ struct gate {
   pthread_mutex_t lock;         /* guards the waits on opened */
   pthread_cond_t opened;
   unsigned closers;             /* gate_close calls not yet reopened */
+  pthread_mutex_t excl;         /* held by the closing thread (G2) */
 };
 
 extern void gate_init (struct gate *g);

@@ -67,19 +67,61 @@ store_set_source (struct store *s, struct store *source)
   store_destroy (old);
 }
 
-/* Copy one run of child's own pages, [at, at+len) of the device, of
- * class cls into parent: data as it reads, zeroes as a zero.
+/* Which part of a child's own pages a fold copies: all of them, or the
+ * unit-sized blocks keep says yes to (a power cut, volatile.c).
+ */
+struct layer_fold {
+  struct store *child, *parent;
+  unsigned unit;                /* 0: all */
+  store_keep_fn keep;
+  void *opaque;
+  uint64_t kept, lost;          /* bytes */
+  unsigned char *buf;
+};
+
+/* Copy [at, at+len) of child's own pages, of class cls, into parent:
+ * data as it reads, zeroes as a zero.
  */
 static int
-layer_fold_run (struct store *child, struct store *parent,
-                enum store_class cls, uint64_t at, uint64_t len,
-                unsigned char *buf)
+layer_fold_copy (struct layer_fold *f, enum store_class cls, uint64_t at,
+                 uint64_t len)
 {
   if (cls == STORE_ZERO)
-    return store_zero (parent, len, at);
-  if (store_read (child, buf, len, at) == -1)
+    return store_zero (f->parent, len, at);
+  if (store_read (f->child, f->buf, len, at) == -1)
     return -1;
-  return store_write (parent, buf, len, at);
+  return store_write (f->parent, f->buf, len, at);
+}
+
+/* Fold one run of child's own pages, [at, at+len), of class cls: all of
+ * it, or the longest stretches of units keep says yes to.
+ */
+static int
+layer_fold_run (struct layer_fold *f, enum store_class cls, uint64_t at,
+                uint64_t len)
+{
+  uint64_t end = at + len, from;
+
+  if (f->unit == 0) {
+    f->kept += len;
+    return layer_fold_copy (f, cls, at, len);
+  }
+  while (at < end) {
+    bool keep = f->keep (f->opaque, at - at % f->unit);
+
+    from = at;
+    do
+      at = MIN (end, at - at % f->unit + f->unit);
+    while (at < end && f->keep (f->opaque, at) == keep);
+    if (!keep)
+      f->lost += at - from;
+    else {
+      f->kept += at - from;
+      if (layer_fold_copy (f, cls, from, at - from) == -1)
+        return -1;
+    }
+  }
+  return 0;
 }
 
 /* Fold child's own pages into its source (L1): afterwards the source
@@ -89,16 +131,29 @@ layer_fold_run (struct store *child, struct store *parent,
 int
 store_fold (struct store *child)
 {
-  struct store *parent = child->source;
+  return store_fold_some (child, 0, NULL, NULL, NULL, NULL);
+}
+
+/* Fold into child's source only the unit-sized blocks of child's own
+ * pages keep says yes to (unit 0: all), adding the bytes folded and
+ * not to *kept and *lost if not NULL; as store_fold otherwise (L1).
+ */
+int
+store_fold_some (struct store *child, unsigned unit, store_keep_fn keep,
+                 void *opaque, uint64_t *kept, uint64_t *lost)
+{
+  struct layer_fold f = {
+    .child = child, .parent = child->source, .unit = keep ? unit : 0,
+    .keep = keep, .opaque = opaque,
+  };
   uint64_t chunk = 1ULL << child->chunk_shift, idx = 0;
-  unsigned char *buf;
   int r = 0;
 
-  if (parent == NULL) {
+  if (f.parent == NULL || (keep && (unit == 0 || STORE_PAGE % unit))) {
     errno = EINVAL;
     return -1;
   }
-  if ((buf = malloc (chunk)) == NULL)
+  if ((f.buf = malloc (chunk)) == NULL)
     return -1;
   while (r == 0 &&
          (idx = chunkdir_next (&child->dir, idx, child->dir.nchunks))
@@ -112,11 +167,15 @@ store_fold (struct store *child)
       uint64_t run = pagemap_run (c, pos, end, &cls);
 
       if (cls != STORE_SOURCE)
-        r = layer_fold_run (child, parent, cls, base + pos, run - pos, buf);
+        r = layer_fold_run (&f, cls, base + pos, run - pos);
       pos = run;
     }
     idx++;
   }
-  free (buf);
+  free (f.buf);
+  if (kept)
+    *kept += f.kept;
+  if (lost)
+    *lost += f.lost;
   return r;
 }

@@ -43,6 +43,7 @@
 #include "config.h"
 #include "job.h"
 #include "source.h"
+#include "volatile.h"
 #include "manage.h"
 #include "registry.h"
 #include "report.h"
@@ -124,6 +125,12 @@ manage_describe (const struct device *dev, struct manage_info *info)
   info->compress = store_codec (dev->store);
   info->allocated = store_allocated (dev->store);
   info->data = store_data (dev->store);
+  if (dev->vol) {               /* the cache and the durable store */
+    info->allocated += store_allocated (store_source (dev->store));
+    info->data += store_data (store_source (dev->store));
+    info->vol = true;
+    vol_status (dev->vol, &info->vstatus);
+  }
   info->connections = dev->opens;
   gate_counts ((struct gate *) &dev->gate, counts);
   info->stats.reads = counts[GATE_READ];
@@ -204,7 +211,9 @@ manage_readers (const struct store *s, size_t *n)
   return out;
 }
 
-/* Whether store s is a device's store; lock held. */
+/* Whether store s is a device's store, or a volatile device's durable
+ * store (V1 in volatile.c); lock held.
+ */
 static bool
 manage_is_device_store (const struct store *s)
 {
@@ -213,9 +222,22 @@ manage_is_device_store (const struct store *s)
 
   table = registry_table (&n);
   for (i = 0; i < n; i++)
-    if (table[i]->store == s)
+    if (table[i]->store == s ||
+        (table[i]->vol && store_source (table[i]->store) == s))
       return true;
   return false;
+}
+
+/* Refuse what would change a volatile device's layers (V1). */
+static int
+manage_not_volatile (const struct device *dev, const char *what,
+                     struct manage_err *err)
+{
+  if (dev->vol == NULL)
+    return 0;
+  return manage_fail (err, EINVAL, "%s of %s: the device is volatile "
+                      "(its layers are its write cache): no snapshot, "
+                      "rollback or save", what, dev->label);
 }
 
 /* Put parent in child's place everywhere: as the store of the devices
@@ -352,6 +374,9 @@ manage_check_create (const struct manage_create *req, const char *what,
   }
   if (req->file && req->uri)
     return manage_fail (err, EINVAL, "%s: give file or uri, not both", what);
+  if (req->vol && req->readonly == 1)
+    return manage_fail (err, EINVAL, "%s: a volatile device must be "
+                        "writable", what);
   if (req->format && req->file == NULL)
     return manage_fail (err, EINVAL, "%s: format is the format of a file: "
                         "give file too", what);
@@ -442,6 +467,12 @@ manage_create (const struct manage_create *req, struct manage_info *info,
       goto out;
     }
   }
+  if (req->vol && vol_attach (dev) == -1) {
+    err->errnum = errno ? errno : ENOMEM;
+    registry_destroy (dev);
+    dev = NULL;
+    goto out;
+  }
   /* A temp device no one has opened yet waits for its first user. */
   dev->dynamic = false;
   registry_insert (dev);
@@ -453,6 +484,61 @@ manage_create (const struct manage_create *req, struct manage_info *info,
   if (dev == NULL && err->msg[0] && err->errnum == 0)
     err->errnum = EINVAL;
   return dev ? 0 : -1;
+}
+
+/* Find a volatile device for power_cut; lock held.  NULL with err. */
+static struct device *
+manage_find_volatile (const char *name, struct manage_err *err)
+{
+  struct device *dev = manage_find (name, err);
+
+  if (dev && dev->vol == NULL) {
+    manage_fail (err, EINVAL, "power cut of %s: the device is not "
+                 "volatile (declare it with :volatile)", dev->label);
+    return NULL;
+  }
+  return dev;
+}
+
+/* Cut a volatile device's power now, or arm a cut (volatile.c). */
+int
+manage_power_cut (const char *device, const struct vol_cut *cut,
+                  struct vol_result *res, struct manage_err *err)
+{
+  struct device *dev;
+  int r = -1;
+
+  registry_lock_table ();
+  if ((dev = manage_find_volatile (device, err)) == NULL)
+    goto out;
+  if (cut->unit != 512 && cut->unit != 4096) {
+    manage_fail (err, EINVAL, "power cut of %s: unit must be 512 or 4096",
+                 dev->label);
+    goto out;
+  }
+  if ((r = vol_power_cut (dev, cut, res)) == -1)
+    manage_fail (err, errno, "power cut of %s: %s (the cut happened; "
+                 "less was kept)", dev->label, strerror (errno));
+ out:
+  registry_unlock_table ();
+  return r;
+}
+
+/* A volatile device's counts. */
+int
+manage_power_status (const char *device, struct vol_status *st,
+                     struct manage_err *err)
+{
+  struct device *dev;
+  int r = -1;
+
+  registry_lock_table ();
+  if ((dev = manage_find_volatile (device, err)) != NULL) {
+    vol_status (dev->vol, st);
+    r = 0;
+  }
+  registry_unlock_table ();
+  return r;
 }
 
 /* Delete the device called name (S2, S3); EBUSY while it has
@@ -503,7 +589,8 @@ manage_snapshot (size_t n, const char *const *devices,
     char quoted[CONNECT_QUOTE_MAX];
 
     connect_quote (names[i], quoted, sizeof quoted);
-    if ((dev[i] = manage_find (devices[i], err)) == NULL)
+    if ((dev[i] = manage_find (devices[i], err)) == NULL ||
+        manage_not_volatile (dev[i], "snapshot", err) == -1)
       goto out;
     if (registry_find (names[i])) {
       manage_fail (err, EEXIST, "snapshot '%s' of %s: a device of that "
@@ -586,7 +673,8 @@ manage_rollback (const char *device, const char *snapshot,
 
   registry_lock_table ();
   if ((dev = manage_find (device, err)) == NULL ||
-      (snap = manage_find (snapshot, err)) == NULL)
+      (snap = manage_find (snapshot, err)) == NULL ||
+      manage_not_volatile (dev, "rollback", err) == -1)
     goto out;
   if (dev->readonly) {
     manage_fail (err, EROFS, "rollback of %s: the device is read-only",
@@ -630,7 +718,8 @@ manage_freeze (const char *device, struct manage_frozen *f,
   int r = -1;
 
   registry_lock_table ();
-  if ((dev = manage_find (device, err)) == NULL)
+  if ((dev = manage_find (device, err)) == NULL ||
+      manage_not_volatile (dev, "save", err) == -1)
     goto out;
   if (!dev->readonly && (top = store_create_like (dev->store)) == NULL) {
     manage_fail (err, errno, "freezing %s: %s", dev->label,

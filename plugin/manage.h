@@ -12,6 +12,7 @@
 #include "codec.h"
 #include "connect.h"
 #include "store.h"
+#include "volatile.h"
 
 /* Why a call was refused: an errno value and one line naming the device
  * and the cause.
@@ -41,6 +42,8 @@ struct manage_info {
   unsigned connections;
   struct manage_stats stats;
   char persist[4096];           /* :persist= path, "" if none */
+  bool vol;                     /* :volatile */
+  struct vol_status vstatus;    /* if vol */
 };
 
 /* What device_create asks for; the rules are a connect string's. */
@@ -54,6 +57,7 @@ struct manage_create {
   const char *file;             /* NULL: no image to load */
   const char *format;           /* file's format; NULL: raw */
   const char *uri;              /* NBD server to load from, or NULL */
+  bool vol;                     /* :volatile */
 };
 
 /* A frozen, read-only view of a device's data at one instant, held for
@@ -80,6 +84,10 @@ extern int manage_rollback (const char *device, const char *snapshot,
 extern int manage_freeze (const char *device, struct manage_frozen *f,
                           struct manage_err *err);
 extern void manage_thaw (struct manage_frozen *f);
+extern int manage_power_cut (const char *device, const struct vol_cut *cut,
+                             struct vol_result *res, struct manage_err *err);
+extern int manage_power_status (const char *device, struct vol_status *st,
+                                struct manage_err *err);
 extern int manage_start (void);
 extern void manage_stop (void);
 

@@ -26,6 +26,7 @@
 #include "registry.h"
 #include "save.h"
 #include "store.h"
+#include "volatile.h"
 
 #define MEMBLOCK_VERSION "1.0"
 
@@ -37,6 +38,7 @@ struct handle {
   struct device *dev;
   bool readonly;                /* device, connection (:ro) or nbdkit -r */
   bool used;                    /* a request came (not just a listing) */
+  unsigned vol_gen;             /* a volatile device's generation at open */
   char description[REGISTRY_DESCRIPTION_MAX];
 };
 
@@ -154,6 +156,8 @@ memblock_open (int readonly)
     return NULL;
   }
   h->readonly = readonly || h->dev->readonly || req.readonly == 1;
+  if (h->dev->vol)
+    h->vol_gen = vol_generation (h->dev->vol);
   registry_describe (h->dev, h->readonly,
                      h->description, sizeof h->description);
   return h;
@@ -248,6 +252,19 @@ memblock_check_writable (struct handle *h, const char *op)
   return -1;
 }
 
+/* Whether a request on a volatile device must fail with EIO: its power
+ * was cut since this connection opened (V4 in volatile.c).  Call inside
+ * the gate.
+ */
+static bool
+memblock_cut_off (struct handle *h)
+{
+  if (h->dev->vol == NULL || !vol_refused (h->dev->vol, h->vol_gen))
+    return false;
+  errno = EIO;
+  return true;
+}
+
 /* Log a failed store call and return -1 with errno kept. */
 static int
 memblock_failed (struct handle *h, const char *op,
@@ -281,36 +298,67 @@ memblock_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
 {
   struct handle *h = handle;
   struct gate_stripe *st = gate_enter (&h->dev->gate);
-  int r = store_read (h->dev->store, buf, count, offset);
+  int r = memblock_cut_off (h) ? -1
+    : store_read (h->dev->store, buf, count, offset);
 
   gate_leave (st, GATE_READ, count);
   (void) flags;
   h->used = true;
   if (r == -1)
-    return memblock_failed (h, "read", count, offset);
+    return errno == EIO && h->dev->vol ? -1
+      : memblock_failed (h, "read", count, offset);
   return 0;
 }
 
-/* The .pwrite callback; FUA needs nothing more for RAM. */
+/* Run a write-type request on the store inside the gate: op on the
+ * device's store, and on a volatile device the bookkeeping of its
+ * write cache (FUA, unflushed writes, an armed power cut).
+ */
+static int
+memblock_store_write (struct handle *h, int op, const void *buf,
+                      uint32_t count, uint64_t offset, uint32_t flags,
+                      bool *cut_now)
+{
+  struct store *s = h->dev->store;
+  int r;
+
+  *cut_now = false;
+  if (memblock_cut_off (h))
+    return -1;
+  switch (op) {
+  case VOL_WRITE: r = store_write (s, buf, count, offset); break;
+  case VOL_ZERO: r = store_zero (s, count, offset); break;
+  default: r = store_trim (s, count, offset); break;
+  }
+  if (r == 0 && h->dev->vol)
+    r = vol_wrote (h->dev, buf, count, offset, op,
+                   flags & NBDKIT_FLAG_FUA, cut_now);
+  return r;
+}
+
+/* The .pwrite callback; FUA matters only on a volatile device. */
 static int
 memblock_pwrite (void *handle, const void *buf, uint32_t count,
                  uint64_t offset, uint32_t flags)
 {
   struct handle *h = handle;
   struct gate_stripe *st;
-  bool pinfail;
+  bool pinfail, cut_now;
   int r;
 
-  (void) flags;
   h->used = true;
   if (memblock_check_writable (h, "write") == -1)
     return -1;
   st = gate_enter (&h->dev->gate);
-  r = store_write (h->dev->store, buf, count, offset);
+  r = memblock_store_write (h, VOL_WRITE, buf, count, offset, flags,
+                            &cut_now);
   pinfail = config.mlock && store_pin_failures (h->dev->store) > 0;
   gate_leave (st, GATE_WRITE, count);
+  if (cut_now)
+    vol_cut_armed (h->dev);
   if (r == -1)
-    return memblock_failed (h, "write", count, offset);
+    return errno == EIO && h->dev->vol ? -1
+      : memblock_failed (h, "write", count, offset);
   if (pinfail && !atomic_exchange (&memblock_pin_logged, true))
     nbdkit_error ("%s: mlock=true: the kernel refused to lock some pages "
                   "(too many mappings? see vm.max_map_count); they stay "
@@ -318,38 +366,48 @@ memblock_pwrite (void *handle, const void *buf, uint32_t count,
   return 0;
 }
 
-/* The .flush callback: nothing to do for RAM. */
+/* The .flush callback: nothing to do for RAM, but a volatile device
+ * makes its cache durable (outside the gate, V2 in volatile.c).
+ */
 static int
 memblock_flush (void *handle, uint32_t flags)
 {
   struct handle *h = handle;
+  int r = 0;
 
   (void) flags;
   h->used = true;
+  if (h->dev->vol && (r = vol_flush (h->dev, h->vol_gen)) == -1 &&
+      errno != EIO)
+    nbdkit_error ("%s: flush: %m", h->dev->label);
   gate_leave (gate_enter (&h->dev->gate), GATE_FLUSH, 0);
-  return 0;
+  return r;
 }
 
-/* Shared by .trim and .zero: both release whole pages; fn is
- * store_trim (advisory: partial pages stay, no memory needed) or
- * store_zero (the range reads as zeroes).
+/* Shared by .trim and .zero: both release whole pages; vop is
+ * VOL_TRIM (advisory: partial pages stay, no memory needed) or
+ * VOL_ZERO (the range reads as zeroes).
  */
 static int
 memblock_zero_range (struct handle *h, const char *op, enum gate_kind kind,
-                     int (*fn) (struct store *, uint64_t, uint64_t),
-                     uint32_t count, uint64_t offset)
+                     int vop, uint32_t count, uint64_t offset,
+                     uint32_t flags)
 {
   struct gate_stripe *st;
+  bool cut_now;
   int r;
 
   h->used = true;
   if (memblock_check_writable (h, op) == -1)
     return -1;
   st = gate_enter (&h->dev->gate);
-  r = fn (h->dev->store, count, offset);
+  r = memblock_store_write (h, vop, NULL, count, offset, flags, &cut_now);
   gate_leave (st, kind, count);
+  if (cut_now)
+    vol_cut_armed (h->dev);
   if (r == -1)
-    return memblock_failed (h, op, count, offset);
+    return errno == EIO && h->dev->vol ? -1
+      : memblock_failed (h, op, count, offset);
   atomic_store (&memblock_cap_logged, false);
   return 0;
 }
@@ -358,18 +416,16 @@ memblock_zero_range (struct handle *h, const char *op, enum gate_kind kind,
 static int
 memblock_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  (void) flags;
-  return memblock_zero_range (handle, "trim", GATE_TRIM, store_trim,
-                              count, offset);
+  return memblock_zero_range (handle, "trim", GATE_TRIM, VOL_TRIM,
+                              count, offset, flags);
 }
 
 /* The .zero callback; never slow, so NBDKIT_FLAG_FAST_ZERO is honoured. */
 static int
 memblock_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  (void) flags;
-  return memblock_zero_range (handle, "zero", GATE_ZERO, store_zero,
-                              count, offset);
+  return memblock_zero_range (handle, "zero", GATE_ZERO, VOL_ZERO,
+                              count, offset, flags);
 }
 
 /* State for memblock_add_extent. */
@@ -403,13 +459,14 @@ memblock_extents (void *handle, uint32_t count, uint64_t offset,
   };
 
   struct gate_stripe *st = gate_enter (&h->dev->gate);
-  int r = store_extents (h->dev->store, count, offset,
-                         memblock_add_extent, &e);
+  int r = memblock_cut_off (h) ? -1
+    : store_extents (h->dev->store, count, offset, memblock_add_extent, &e);
 
   gate_leave (st, GATE_EXTENTS, 0);
   h->used = true;
   if (r == -1)
-    return memblock_failed (h, "extents", count, offset);
+    return errno == EIO && h->dev->vol ? -1
+      : memblock_failed (h, "extents", count, offset);
   return 0;
 }
 

@@ -36,6 +36,7 @@
 #include "config.h"
 #include "human.h"
 #include "registry.h"
+#include "volatile.h"
 #include "report.h"
 
 struct store_limit registry_limit;
@@ -155,6 +156,7 @@ registry_destroy (struct device *dev)
     dev->source->clones--;
   gate_destroy (&dev->gate);
   store_destroy (dev->store);
+  vol_destroy (dev->vol);
   free (dev->persist);
   free (dev);
 }
@@ -238,6 +240,7 @@ registry_free (void)
   for (i = registry_count; i-- > 0; ) {
     gate_destroy (&registry_devices[i]->gate);
     store_destroy (registry_devices[i]->store);
+    vol_destroy (registry_devices[i]->vol);
     free (registry_devices[i]->persist);
     free (registry_devices[i]);
   }
@@ -316,6 +319,10 @@ registry_create (const struct connect *req, const char *quoted,
                        false, req->temp, src, req->compress);
   if (dev == NULL)
     return NULL;
+  if (req->vol && vol_attach (dev) == -1) {
+    registry_destroy (dev);
+    return NULL;
+  }
   dev->dynamic = true;
   registry_devices[registry_count++] = dev;  /* lock held: not registry_add */
   return dev;
@@ -332,6 +339,11 @@ registry_mismatch (const struct device *dev, const struct connect *req,
       (dev->source == NULL || strcmp (dev->source->name, req->from))) {
     report_error ("export '%s': the device exists and is not a clone of "
                   "that source", dev->label);
+    return true;
+  }
+  if (req->vol && dev->vol == NULL) {
+    report_error ("export '%s': the device exists and is not volatile",
+                  dev->label);
     return true;
   }
   if (req->compress != -1 &&

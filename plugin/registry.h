@@ -33,6 +33,7 @@ struct device {
   bool used;                    /* a connection sent it a request */
   bool dynamic;                 /* made by a client's connect */
   char *persist;                /* :persist= path, or NULL */
+  struct vol *vol;              /* :volatile (volatile.c), or NULL */
   struct timespec closed_at;    /* temp-grace: when its last close came */
 };
 

@@ -45,6 +45,7 @@
 #include "job.h"
 #include "manage.h"
 #include "rpc.h"
+#include "volatile.h"
 
 /* Why a call failed: a JSON-RPC error code, a message and, for
  * refusals and internal errors, an errno value for data.errno (0: no
@@ -350,6 +351,53 @@ rpc_stats_json (const struct manage_stats *s)
   return o;
 }
 
+/* What a power cut did as JSON; NULL if out of memory. */
+static struct json_object *
+rpc_cut_json (const struct vol_result *r)
+{
+  struct json_object *o = json_object_new_object ();
+
+  if (o == NULL ||
+      rpc_add (o, "writes_kept", json_object_new_uint64 (r->writes_kept)) ||
+      rpc_add (o, "writes_partial",
+               json_object_new_uint64 (r->writes_partial)) ||
+      rpc_add (o, "writes_lost", json_object_new_uint64 (r->writes_lost)) ||
+      rpc_add (o, "writes_untracked",
+               json_object_new_uint64 (r->writes_untracked)) ||
+      rpc_add (o, "bytes_kept", json_object_new_uint64 (r->bytes_kept)) ||
+      rpc_add (o, "bytes_lost", json_object_new_uint64 (r->bytes_lost))) {
+    json_object_put (o);
+    return NULL;
+  }
+  return o;
+}
+
+/* A volatile device's counts as JSON; NULL if out of memory. */
+static struct json_object *
+rpc_vol_json (const struct vol_status *s)
+{
+  struct json_object *o = json_object_new_object ();
+
+  if (o == NULL ||
+      rpc_add (o, "unflushed_writes",
+               json_object_new_uint64 (s->unflushed_writes)) ||
+      rpc_add (o, "unflushed_bytes",
+               json_object_new_uint64 (s->unflushed_bytes)) ||
+      rpc_add (o, "writes", json_object_new_uint64 (s->writes)) ||
+      rpc_add (o, "flushes", json_object_new_uint64 (s->flushes)) ||
+      rpc_add (o, "cuts", json_object_new_uint64 (s->cuts)) ||
+      rpc_add (o, "armed", json_object_new_boolean (s->armed)) ||
+      rpc_add (o, "armed_after_writes",
+               json_object_new_uint64 (s->armed_after)) ||
+      rpc_add (o, "armed_keep",
+               json_object_new_string (vol_keep_name (s->armed_keep))) ||
+      rpc_add (o, "last_cut", rpc_cut_json (&s->last))) {
+    json_object_put (o);
+    return NULL;
+  }
+  return o;
+}
+
 /* A device as device_list shows it; NULL if out of memory. */
 static struct json_object *
 rpc_info_json (const struct manage_info *i)
@@ -370,7 +418,9 @@ rpc_info_json (const struct manage_info *i)
       rpc_add (o, "connections",
                json_object_new_uint64 (i->connections)) == -1 ||
       rpc_add (o, "stats", rpc_stats_json (&i->stats)) == -1 ||
-      rpc_add_name (o, "persist", i->persist) == -1) {
+      rpc_add_name (o, "persist", i->persist) == -1 ||
+      (i->vol ? rpc_add (o, "volatile", rpc_vol_json (&i->vstatus))
+              : json_object_object_add (o, "volatile", NULL)) != 0) {
     json_object_put (o);
     return NULL;
   }
@@ -450,6 +500,7 @@ rpc_device_create (struct json_object *params, struct json_object **result,
     .file = rpc_string (params, "file"),
     .format = rpc_string (params, "format"),
     .uri = rpc_string (params, "uri"),
+    .vol = rpc_bool (params, "volatile", false),
   };
   const char *compress = rpc_string (params, "compress");
   struct manage_info info;
@@ -607,6 +658,66 @@ rpc_save (struct json_object *params, struct json_object **result,
   return 0;
 }
 
+/* power_cut {device, keep?, seed?, unit?, after_writes?} */
+static int
+rpc_power_cut (struct json_object *params, struct json_object **result,
+               struct rpc_fail *f)
+{
+  struct vol_cut cut = {
+    .keep = VOL_KEEP_NONE,
+    .unit = 4096,
+  };
+  struct vol_result res;
+  struct manage_err err = { 0 };
+  const char *keep = rpc_string (params, "keep");
+  struct json_object *v;
+
+  if (keep && vol_keep_parse (keep, &cut.keep) == -1)
+    return rpc_bad_param (f, "'keep': \"%.64s\" is not one of none, all, "
+                          "random", keep);
+  if ((v = rpc_member (params, "seed")) != NULL)
+    cut.seed = json_object_get_uint64 (v);
+  if ((v = rpc_member (params, "unit")) != NULL) {
+    if (json_object_get_uint64 (v) != 512 &&
+        json_object_get_uint64 (v) != 4096)
+      return rpc_bad_param (f, "'unit' must be 512 or 4096");
+    cut.unit = json_object_get_uint64 (v);
+  }
+  if ((v = rpc_member (params, "after_writes")) != NULL)
+    cut.after_writes = json_object_get_uint64 (v);
+  if (manage_power_cut (rpc_string (params, "device"), &cut, &res,
+                        &err) == -1)
+    return rpc_refused (f, &err);
+  if (cut.after_writes > 0) {
+    if ((*result = json_object_new_object ()) == NULL ||
+        rpc_add (*result, "armed", json_object_new_boolean (true)) ||
+        rpc_add (*result, "after_writes",
+                 json_object_new_uint64 (cut.after_writes))) {
+      json_object_put (*result);
+      return rpc_nomem (f);
+    }
+    return 0;
+  }
+  if ((*result = rpc_cut_json (&res)) == NULL)
+    return rpc_nomem (f);
+  return 0;
+}
+
+/* power_cut_status {device} */
+static int
+rpc_power_cut_status (struct json_object *params,
+                      struct json_object **result, struct rpc_fail *f)
+{
+  struct vol_status st;
+  struct manage_err err = { 0 };
+
+  if (manage_power_status (rpc_string (params, "device"), &st, &err) == -1)
+    return rpc_refused (f, &err);
+  if ((*result = rpc_vol_json (&st)) == NULL)
+    return rpc_nomem (f);
+  return 0;
+}
+
 /* job_list callback: append one job to the array opaque. */
 static int
 rpc_job_one (void *opaque, const struct job_info *info)
@@ -667,6 +778,7 @@ static const struct rpc_param rpc_create_params[] = {
   { "file", RPC_STRING, false },
   { "format", RPC_STRING, false },
   { "uri", RPC_STRING, false },
+  { "volatile", RPC_BOOL, false },
   { NULL, RPC_STRING, false },
 };
 static const struct rpc_param rpc_delete_params[] = {
@@ -690,6 +802,18 @@ static const struct rpc_param rpc_save_params[] = {
   { "overwrite", RPC_BOOL, false },
   { NULL, RPC_STRING, false },
 };
+static const struct rpc_param rpc_cut_params[] = {
+  { "device", RPC_STRING, true },
+  { "keep", RPC_STRING, false },
+  { "seed", RPC_UINT, false },
+  { "unit", RPC_UINT, false },
+  { "after_writes", RPC_UINT, false },
+  { NULL, RPC_STRING, false },
+};
+static const struct rpc_param rpc_device_params[] = {
+  { "device", RPC_STRING, true },
+  { NULL, RPC_STRING, false },
+};
 static const struct rpc_param rpc_wait_params[] = {
   { "job", RPC_UINT, true },
   { NULL, RPC_STRING, false },
@@ -704,6 +828,8 @@ static const struct rpc_method rpc_methods[] = {
   { "save", rpc_save_params, rpc_save },
   { "job_list", rpc_no_params, rpc_job_list },
   { "job_wait", rpc_wait_params, rpc_job_wait },
+  { "power_cut", rpc_cut_params, rpc_power_cut },
+  { "power_cut_status", rpc_device_params, rpc_power_cut_status },
 };
 
 /* The method called name, or NULL. */

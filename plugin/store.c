@@ -158,6 +158,32 @@ store_destroy (struct store *s)
   }
 }
 
+/* Drop every page s holds itself, so that it reads as its source again
+ * (a volatile layer after a flush or a power cut).  No request may be
+ * inside s: its device's gate is closed.  0, or -1 with errno (ENOMEM)
+ * and s unchanged.
+ */
+int
+store_forget (struct store *s)
+{
+  struct chunkdir fresh;
+
+  if (chunkdir_init (&fresh, s->dir.nchunks) == -1)
+    return -1;
+  if (s->limit)
+    atomic_fetch_sub (&s->limit->used,
+                      atomic_load (&s->held) + atomic_load (&s->meta));
+  chunkdir_free (&s->dir, store_free_chunk, s);
+  arena_free (&s->arena);
+  s->dir = fresh;
+  arena_init (&s->arena, s->ops->slot_bytes (s), fresh.nchunks);
+  atomic_store (&s->data, 0);
+  atomic_store (&s->held, 0);
+  atomic_store (&s->meta, 0);
+  atomic_store (&s->chunks, 0);
+  return 0;
+}
+
 /* Size of the device in bytes. */
 uint64_t
 store_size (const struct store *s)

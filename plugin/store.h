@@ -47,6 +47,12 @@ extern struct store *store_source (const struct store *s);
 extern unsigned store_refs (const struct store *s);
 extern struct store *store_create_like (struct store *s);
 extern int store_fold (struct store *child);
+extern int store_forget (struct store *s);
+/* Whether a power cut keeps the unit-sized block at offset (volatile.c). */
+typedef bool (*store_keep_fn) (void *opaque, uint64_t offset);
+extern int store_fold_some (struct store *child, unsigned unit,
+                            store_keep_fn keep, void *opaque,
+                            uint64_t *kept, uint64_t *lost);
 extern void store_set_source (struct store *s, struct store *source);
 extern uint64_t store_size (const struct store *s);
 extern uint64_t store_allocated (const struct store *s);
