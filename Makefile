@@ -5,6 +5,9 @@
 #   make run        install what is missing, build, serve disk0 in the foreground
 #   make install    install as nbdkit's "memblock" plugin and memblock-ctl,
 #                   with their man pages
+#   make install-service   memblock@.service, its start script, the
+#                   memblock user (sysusers.d) and /etc/memblock/example.conf
+#   make deb        build the Debian package in build/deb/ (from a copy of the tree)
 #   make clean
 
 CC       ?= gcc
@@ -26,6 +29,10 @@ CFLAGS_ALL    = -std=gnu11 $(WARN) $(OPTFLAGS) -fPIC -pthread $(NBDKIT_CFLAGS) \
 
 PREFIX  ?= /usr/local
 MANDIR  ?= $(PREFIX)/share/man
+LIBEXECDIR  ?= $(PREFIX)/libexec
+SYSCONFDIR  ?= /etc
+UNITDIR     ?= $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
+SYSUSERSDIR ?= $(shell pkg-config --variable=sysusersdir systemd 2>/dev/null || echo /usr/lib/sysusers.d)
 
 # BUILD holds objects of one variant (plain, asan, tsan).
 BUILD ?= build/plain
@@ -47,8 +54,9 @@ UNIT_TESTS  := test-core test-clones test-codecs test-races test-memory test-poo
 
 obj = $(patsubst plugin/%.c,$(BUILD)/%.o,$(1))
 
-.PHONY: all deps deps-check check run install uninstall clean bench fuzz \
-        unit shell-tests print-store-srcs
+.PHONY: all deps deps-check deps-deb check run install uninstall clean bench \
+        fuzz unit shell-tests print-store-srcs install-service \
+        uninstall-service deb
 
 all: memblock.so nbdkit-memblock.1 memblock-ctl.1
 
@@ -92,6 +100,9 @@ deps:
 deps-check:
 	@sh scripts/install-deps.sh check
 
+deps-deb:
+	@sh scripts/install-deps.sh deb
+
 unit: $(addprefix $(BUILD)/,$(UNIT_TESTS))
 
 check: deps-check
@@ -125,6 +136,36 @@ uninstall:
 	      $(DESTDIR)$(MANDIR)/man1/nbdkit-memblock.1 \
 	      $(DESTDIR)$(PREFIX)/bin/memblock-ctl \
 	      $(DESTDIR)$(MANDIR)/man1/memblock-ctl.1
+
+# The service: memblock@INSTANCE runs LIBEXECDIR/memblock/memblock-start,
+# which reads SYSCONFDIR/memblock/INSTANCE.conf.  After installing it by
+# hand, run `systemd-sysusers memblock.conf` to make the memblock user.
+install-service:
+	install -D -m 0755 scripts/memblock-start $(DESTDIR)$(LIBEXECDIR)/memblock/memblock-start
+	mkdir -p $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/libexec/memblock/|$(LIBEXECDIR)/memblock/|g' systemd/memblock@.service \
+	  > $(DESTDIR)$(UNITDIR)/memblock@.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/memblock@.service
+	install -D -m 0644 systemd/memblock.sysusers $(DESTDIR)$(SYSUSERSDIR)/memblock.conf
+	install -D -m 0644 systemd/example.conf $(DESTDIR)$(SYSCONFDIR)/memblock/example.conf
+
+uninstall-service:
+	rm -f $(DESTDIR)$(LIBEXECDIR)/memblock/memblock-start \
+	      $(DESTDIR)$(UNITDIR)/memblock@.service \
+	      $(DESTDIR)$(SYSUSERSDIR)/memblock.conf \
+	      $(DESTDIR)$(SYSCONFDIR)/memblock/example.conf
+
+# The Debian package (debian/), built by dpkg-buildpackage in a copy of
+# the tree, build/deb/memblock/, so that this tree stays as it is; the
+# .deb (and its -dbgsym, .buildinfo and .changes) land in build/deb/.
+deb: deps-deb
+	rm -rf build/deb
+	mkdir -p build/deb/memblock
+	tar -cf - --exclude-vcs --exclude=./build --exclude=./memblock.so \
+	    --exclude=./nbdkit-memblock.1 --exclude=./memblock-ctl.1 \
+	    --exclude=__pycache__ . | tar -C build/deb/memblock -xf -
+	cd build/deb/memblock && dpkg-buildpackage -us -uc -b
+	@ls build/deb/*.deb
 
 clean:
 	rm -rf build memblock.so nbdkit-memblock.1 memblock-ctl.1

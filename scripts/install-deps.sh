@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install the Debian 12 packages memblock needs to build, test and benchmark.
-# Usage: scripts/install-deps.sh [build|check|bench|all]   (default: all)
+# Usage: scripts/install-deps.sh [build|check|bench|deb|all]   (default: all)
 # Only missing packages are installed; when all are present this is a no-op.
 set -eu
 
@@ -12,13 +12,17 @@ tests="check libnbd-bin python3-libnbd qemu-utils valgrind clang libclang-rt-14-
 guest="guestfish linux-image-amd64"
 # qemu-system-common: qemu-storage-daemon, the clone bench's peer.
 bench="fio util-linux qemu-system-common"
+# `make deb` and tests/test-deb.sh: dpkg-buildpackage (dpkg-dev, in
+# build-essential) with debhelper, lintian, and systemd-analyze (systemd).
+deb="build-essential debhelper lintian systemd python3"
 
 case "$what" in
     build) want="$build"; norec="" ;;
-    check) want="$build $tests $bench"; norec="$guest" ;;
+    check) want="$build $tests $bench $deb"; norec="$guest" ;;
     bench) want="$build $tests $bench"; norec="" ;;
-    all)   want="$build $tests $bench"; norec="$guest" ;;
-    *) echo "install-deps.sh: unknown target '$what' (build|check|bench|all)" >&2; exit 2 ;;
+    deb)   want="$build $deb"; norec="" ;;
+    all)   want="$build $tests $bench $deb"; norec="$guest" ;;
+    *) echo "install-deps.sh: unknown target '$what' (build|check|bench|deb|all)" >&2; exit 2 ;;
 esac
 
 # Print the packages of "$@" that dpkg does not report as installed.

@@ -35,13 +35,13 @@ ASAN_NBDKIT_ENV = LD_PRELOAD=$(if $(P11KIT),$(P11KIT):)$(LIBASAN) \
     ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:log_path=$(ASAN_REPORTS)/asan \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(ASAN_REPORTS)/ubsan
 # Shell tests run under ASan: all but valgrind (its own instrumentation),
-# the fuzz smoke and install (not the plugin), the bench smoke (it runs
+# the fuzz smoke, install and deb (not the plugin), the bench smoke (it runs
 # ./memblock.so), guestfish and clone (a minute of appliance boot for
 # little more plugin coverage), race, temp and memory (their bounds are
 # on the server's RSS, which ASan's shadow memory swamps) and mlock
 # (ASan's runtime makes munlock do nothing).
 ASAN_TESTS ?= $(filter-out test-valgrind.sh test-fuzz-smoke.sh \
-                test-bench-smoke.sh test-install.sh test-guestfish.sh \
+                test-bench-smoke.sh test-install.sh test-deb.sh test-guestfish.sh \
                 test-clone.sh test-race.sh test-temp.sh test-memory.sh \
                 test-mlock.sh, \
                 $(notdir $(wildcard tests/test-*.sh)))
