@@ -539,7 +539,7 @@ class Sem:
               "memory: after a flush the device holds %d bytes, expected "
               "the durable data's %d (the cache is not empty)"
               % (three["allocated"], one["allocated"]))
-        h.pwrite(rand_data(self.rng, MiB), 2 * MiB)
+        h.pwrite(rand_data(self.rng, MiB), size - MiB)
         self.cut(keep="none")
         four = self.ctl.info(self.dev)
         check(four["allocated"] == one["allocated"],
