@@ -2,12 +2,14 @@
 # memblock benchmarks: the result tables, ratios and target verdicts.
 #
 # Reads what fio-bench.py, sparse-bench.py, clone-bench.py,
-# compress-bench.py, store-bench and store-compare.py wrote into the
-# results directory and prints medians of every figure, the ratios of
-# memblock to nbdkit memory (sparse), memory allocator=malloc and null,
-# memblock clones beside full copies and qemu-storage-daemon, compressed
-# memblock beside memory allocator=zstd, the store of a baseline commit
-# beside the current one, and a met/MISSED line per target.  Each
+# compress-bench.py, store-bench, store-compare.py and power-bench.py
+# wrote into the results directory and prints medians of every figure,
+# the ratios of memblock to nbdkit memory (sparse), memory
+# allocator=malloc and null, memblock clones beside full copies and
+# qemu-storage-daemon, compressed memblock beside memory allocator=zstd,
+# the store of a baseline commit beside the current one, volatile
+# devices beside plain ones and power cuts, and a met/MISSED line per
+# target.  Each
 # section declares its targets as data (Target: name, figure, comparison,
 # threshold); Report.judge prints and judges them all.  Exits 1 if a
 # part's results are missing or incomplete; with --strict, also if a
@@ -736,6 +738,203 @@ def store_compare_section(r, d, compressed):
     r.out()
 
 
+# Power cuts: store-bench -V's variants, and its lines.
+POWER_VARIANTS = ("plain", "volatile", "vol-warm")
+POWER_CUT_MS = 10.0             # a cut of 256 MiB unflushed, round trip
+POWER_WRITE_RATIO = 0.85        # in-process writes, volatile / plain
+
+
+def power_paired(a, b):
+    """The median of the runs' own ratios b/a (runs in the same order)."""
+    return bl.median([ratio(y, x) for x, y in zip(a, b)])
+
+
+def power_section(r, d, resdir):
+    """Power cuts: store-bench -V and power-bench.py's results."""
+    title = "Power cuts"
+    got = load_store(os.path.join(resdir, "store-volatile.txt"))
+    ms = 1000.0
+    flushmib = None
+    try:
+        with open(os.path.join(resdir, "store-volatile.txt")) as f:
+            for line in f:
+                if line.startswith("flushmib "):
+                    flushmib = int(line.split()[1])
+    except OSError:
+        pass
+    r.out("%s: :volatile devices (a write cache over the durable store; "
+          "a flush folds it in," % title)
+    r.out("a power cut folds what it keeps and drops the rest)")
+    r.out()
+    want = [(op, bs, t, v) for op in ("read", "write") for bs in ("4k", "1m")
+            for t in (1, 2) for v in POWER_VARIANTS]
+    want += [("flush", bs, 1, "volatile") for bs in ("4k", "1m")]
+    wr = {}
+    if got is None or any(k not in got[0] for k in want) or not flushmib:
+        r.missing("Volatile writes in process", "power store")
+    else:
+        f = got[0]
+        r.out("In process (store-bench -V), GiB/s, every request through "
+              "its device's gate: plain, a store;")
+        r.out("volatile, a cache (store_create_like) over a store holding "
+              "the prefill, emptied before each")
+        r.out("run as a flush leaves it, each write also doing vol_wrote's "
+              "bookkeeping (the device's")
+        r.out("mutex, a log append, the counts); vol-warm, the same with "
+              "the cache holding every page")
+        r.out("already (never flushed).  4 KiB random, 1 MiB sequential; "
+              "medians of %s, order" % rounds(len(f[want[0]][2])).replace(
+                  "round", "run"))
+        r.out("rotated; ratios: median of the runs' own.")
+        r.out("%-6s %-3s %3s %8s %8s %8s %9s %9s  %s" %
+              ("op", "bs", "thr", "plain", "volatile", "vol-warm",
+               "vol/plain", "warm/pl.", "per run: plain | volatile | "
+               "vol-warm"))
+        for op in ("write", "read"):
+            for bs in ("4k", "1m"):
+                for t in (1, 2):
+                    v = [f[(op, bs, t, x)] for x in POWER_VARIANTS]
+                    rv = power_paired(v[0][2], v[1][2])
+                    rw = power_paired(v[0][2], v[2][2])
+                    wr[(op, bs, t)] = (rv, rw)
+                    r.out("%-6s %-3s %3d %8.3f %8.3f %8.3f %9.3f %9.3f  %s" %
+                          (op, bs, t, v[0][0], v[1][0], v[2][0], rv, rw,
+                           " | ".join(per_round(x[2], "%.3f") for x in v)))
+        r.out("Flush in process (gate_close, store_fold, store_forget, the "
+              "log emptied, gate_open) of")
+        r.out("%d MiB unflushed, median of %d:" %
+              (flushmib, len(f[("flush", "4k", 1, "volatile")][2])))
+        for bs, what in (("4k", "4 KiB writes at random offsets"),
+                         ("1m", "1 MiB sequential writes")):
+            g = f[("flush", bs, 1, "volatile")][0]
+            secs = ratio(flushmib / 1024.0, g)
+            r.out("  %-32s %8.1f ms, %6.3f ms per MiB  (runs, GiB/s: %s)" %
+                  (what, secs * ms, secs * ms / flushmib,
+                   per_round(f[("flush", bs, 1, "volatile")][2], "%.2f")))
+        r.out()
+    for bs in ("4k", "1m"):
+        rv, rw = wr.get(("write", bs, 1), (float("nan"),) * 2)
+        r.targets += [
+            Target("power: in-process %s write, 1 thread, volatile after a "
+                   "flush/plain" % bs, rv, ">=", POWER_WRITE_RATIO, "%.3f"),
+            Target("power: in-process %s write, 1 thread, volatile warm "
+                   "cache/plain" % bs, rw, ">=", POWER_WRITE_RATIO, "%.3f")]
+
+    c = (d or {}).get("cuts")
+    cut_none = float("nan")
+    if not c or any(len(c["samples"].get(op, [])) < c["rounds"]
+                    for op in ("flush", "cut-none", "cut-all",
+                               "cut-random")):
+        r.missing("Power cuts over the control socket", "power cuts")
+    else:
+        w = c["written"]
+        r.out("Over NBD and the control socket (power-bench.py): nbdkit "
+              "name=disk0:size=%s:volatile," %
+              ("%dG" % (c["size"] // bl.GiB) if c["size"] % bl.GiB == 0
+               else "%dM" % (c["size"] // bl.MiB)))
+        r.out("prefilled and flushed; each round %.0f MiB of random 4 KiB "
+              "writes (each block once, %d in" %
+              (w / bl.MiB, d.get("in_flight", 32)))
+        r.out("flight, no flush, connection closed), then one of: "
+              "nbd.flush() on a new connection, or")
+        r.out("power_cut (keep none, all, random with unit 4096), timed by "
+              "the client from the call to")
+        r.out("its reply; order rotated each round, median of %d (and "
+              "10th-90th percentiles)." % c["rounds"])
+        r.out("RSS: nbdkit's VmRSS with no connection open, before the "
+              "writes / unflushed / after.")
+
+        def pct(xs, q):
+            xs = sorted(xs)
+            return xs[min(len(xs) - 1, int(q * len(xs)))] * ms
+        r.out("%-26s %9s %17s %8s %22s" %
+              ("after %.0f MiB unflushed" % (w / bl.MiB), "ms", "p10-p90",
+               "ms/MiB", "RSS MiB"))
+        rows = (("flush", "flush (nbd.flush)"),
+                ("cut-none", "power_cut keep=none"),
+                ("cut-all", "power_cut keep=all"),
+                ("cut-random", "power_cut keep=random"))
+        for op, label in rows:
+            xs = c["samples"][op]
+            t = bl.median([x["s"] for x in xs])
+            if op == "cut-none":
+                cut_none = t * ms
+            r.out("%-26s %9.3f %8.3f-%-8.3f %8.4f %8.0f /%5.0f /%5.0f" %
+                  (label, t * ms, pct([x["s"] for x in xs], 0.1),
+                   pct([x["s"] for x in xs], 0.9), t * ms / (w / bl.MiB),
+                   bl.median([x["rss_before"] for x in xs]) / bl.MiB,
+                   bl.median([x["rss_unflushed"] for x in xs]) / bl.MiB,
+                   bl.median([x["rss_after"] for x in xs]) / bl.MiB))
+        fl = c.get("floor", [])
+        if fl:
+            r.out("%-26s %9.3f %8.3f-%-8.3f   (the floor: socket, JSON, "
+                  "wake-ups)" % ("power_cut_status", bl.median(fl) * ms,
+                                 pct(fl, 0.1), pct(fl, 0.9)))
+        last = c["samples"]["cut-random"][-1].get("reply") or {}
+        r.out("keep=random, last round's reply: %d writes kept, %d in part, "
+              "%d lost; %.1f MiB kept, %.1f lost" %
+              (last.get("writes_kept", 0), last.get("writes_partial", 0),
+               last.get("writes_lost", 0),
+               last.get("bytes_kept", 0) / bl.MiB,
+               last.get("bytes_lost", 0) / bl.MiB))
+        r.out("Writing %.0f MiB took %.2f s (median): the client's side, "
+              "for scale." % (w / bl.MiB, bl.median(
+                  [x["write_s"] for op in c["samples"]
+                   for x in c["samples"][op]])))
+        r.out()
+    r.targets.append(Target("power: power_cut keep=none of %.0f MiB "
+                            "unflushed, round trip ms" %
+                            ((c or {}).get("written", 0) / bl.MiB),
+                            cut_none, "<=", POWER_CUT_MS, "%.3f"))
+
+    fo = (d or {}).get("fio")
+    if not fo or not fo.get("samples"):
+        r.missing("fio on a volatile device", "power fio")
+        return
+    n = fo["rounds"]
+    r.out("fio over NBD, 4 KiB random writes, iodepth 16, one connection, "
+          "%.1f s per run, server CPU %d," % (fo["runtime"],
+                                              fo["server_cpu"]))
+    r.out("fio CPU %d; two %d MiB devices on one server, prefilled and "
+          "flushed: \"volatile\" (:volatile)" % (fo["client_cpu"],
+                                                 fo["size"] // bl.MiB))
+    r.out("and \"plain\"; median of %s, order rotated each round.  "
+          "fsync64: fio --fsync=64 (an NBD" % rounds(n))
+    r.out("flush after every 64 writes).")
+    r.out("%-22s %-9s %9s %9s %10s %6s  %s" %
+          ("workload", "device", "MiB/s", "IOPS", "CPU s/GiB", "srv",
+           "MiB/s per round"))
+    med = {}
+    for wl in fo["workloads"]:
+        for i, dev in enumerate(fo["devices"]):
+            xs = fo["samples"].get(wl, {}).get(dev, [])
+            if len(xs) < n:
+                r.incomplete.append("power fio %s %s" % (wl, dev))
+            if not xs:
+                r.out("%-22s %-9s %9s" % (wl if i == 0 else "", dev,
+                                          "missing"))
+                continue
+            mibs = [x["mibs"] for x in xs]
+            med[(wl, dev)] = mibs
+            r.out("%-22s %-9s %9.1f %9.0f %10.3f %5.0f%%  %s" %
+                  (wl if i == 0 else "", dev, bl.median(mibs),
+                   bl.median([x["iops"] for x in xs]),
+                   bl.median([x["cpu_per_gib"] for x in xs]),
+                   100 * bl.median([x["cpu_s"] / x["wall_s"] for x in xs]),
+                   per_round(mibs, "%.0f")))
+    for wl in fo["workloads"]:
+        a, b = med.get((wl, "plain"), []), med.get((wl, "volatile"), [])
+        r.out("%-22s volatile/plain, MiB/s: %.3f (medians), %.3f (median "
+              "of the rounds' own)" %
+              (wl, ratio(bl.median(b), bl.median(a)), power_paired(a, b)))
+    st = fo.get("status")
+    if st:
+        r.out("The volatile device after the runs: %d writes, %d flushes "
+              "(power_cut_status)" % (st.get("writes", 0),
+                                      st.get("flushes", 0)))
+    r.out()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", required=True, help="results directory")
@@ -757,6 +956,7 @@ def main():
     store_codec_section(r, args.dir)
     store_compare_section(r, results("store-compare.json"), False)
     store_compare_section(r, results("store-compare-codec.json"), True)
+    power_section(r, results("power.json"), args.dir)
     missed = r.judge()
     if r.incomplete:
         r.out("INCOMPLETE: " + ", ".join(r.incomplete))

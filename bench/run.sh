@@ -25,6 +25,13 @@
 #             their list asked of its Makefile, built with this
 #             store-bench.c) beside the current one, alternating rounds,
 #             uncompressed and compressed  (store-bench.c, store-compare.py)
+#   power     :volatile devices: in-process writes into a volatile cache
+#             beside a plain store through the gate, and the fold of a
+#             flush (store-bench -V); over NBD and the control socket, a
+#             flush and power cuts (keep none, all, random) of 256 MiB
+#             unflushed, and fio 4 KiB random writes with a flush every 64
+#             on a volatile device beside a plain one
+#                                        (store-bench.c, power-bench.py)
 # then prints the tables, ratios and target verdicts (report.py) and
 # saves them to build/bench/results.txt (build/bench/smoke/ for --smoke).
 #
@@ -35,7 +42,7 @@
 # A full run takes about 20 minutes on a busy 2-core machine (the clone
 # part about 2, plus 20 s the first time to make its image, kept in
 # $BENCH_OUT/clone/; compress and store-codec together about 3.5; the
-# baseline store comparisons about 1.5).  As root
+# baseline store comparisons about 1.5; power about 6).  As root
 # it runs at nice -10 so that other work on the machine disturbs it less
 # (BENCH_NICE=0 turns it off).
 # Environment: BENCH_ROUNDS, BENCH_RUNTIME (seconds per fio run),
@@ -71,6 +78,7 @@ $smoke && out=$out/smoke
 mkdir -p "$out"
 rm -f "$out"/fio.json "$out"/sparse.json "$out"/clone.json "$out"/store-*.txt \
       "$out"/compress.json "$out"/store-compare*.json "$out"/results.txt \
+      "$out"/power.json \
       "$out"/store-bench "$out"/store-bench-base "$out"/*.log
 
 if $smoke; then
@@ -85,6 +93,8 @@ if $smoke; then
     codec_args="-t 0.04 -r 1 -m 4"
     cmp_args="-t 0.04 -m 4" cmp_rounds=2
     cmp_codec_args="-t 0.04 -m 4" cmp_codec_rounds=2
+    volatile_args="-t 0.04 -r 1 -m 4"
+    power_args="--size 64M --write 4M --rounds 1 --fio-rounds 1 --runtime 0.2"
 else
     fio_args="--size ${BENCH_SIZE:-1G} --rounds ${BENCH_ROUNDS:-7} --runtime ${BENCH_RUNTIME:-3}"
     sparse_args="--rounds 3"
@@ -97,6 +107,8 @@ else
     codec_args="-t 0.25 -r 3 -m 64"
     cmp_args="-t 0.25 -m 4" cmp_rounds=7
     cmp_codec_args="-t 0.25 -m 64" cmp_codec_rounds=5
+    volatile_args="-t 0.25 -r 5 -m 256"
+    power_args="--size 1G --write 256M --rounds 5 --fio-rounds 5 --runtime 3"
 fi
 # The golden image clone-bench.py and compress-bench.py build and keep
 # (benchlib.golden_image); store-bench -c reads its data from it.
@@ -151,6 +163,9 @@ part build-store-bench /dev/null $cc_store -Iplugin \
 part store-ram "$out/store-ram.txt" \
     "$out/store-bench" $store_args -m "$store_ram"
 part store-cache "$out/store-cache.txt" "$out/store-bench" $store_args -m 4
+# A volatile device's write cache beside a plain store, and its flush.
+part store-volatile "$out/store-volatile.txt" \
+    "$out/store-bench" $volatile_args -V -p
 
 # The store of the baseline commit, when git has it: its tree into
 # $base, the list of its store sources from its own Makefile.
@@ -207,6 +222,8 @@ part clone /dev/null \
 part compress /dev/null \
     $PY bench/compress-bench.py $image_args $compress_args \
     --out "$out/compress.json"
+part power /dev/null \
+    $PY bench/power-bench.py $power_args --out "$out/power.json"
 # The compressed store, filled with the image's data (text if the image
 # could not be made).
 codec_data=""
