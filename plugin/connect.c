@@ -53,6 +53,8 @@ static int connect_check_persist (const struct connect *c, const char *what);
 static int connect_uri (const char *uri, enum connect_origin origin,
                         const char *what, struct connect *c);
 static int connect_check_source (const struct connect *c, const char *what);
+static int connect_clash (const char *rest, const char *own,
+                          const char *what);
 
 /* Printable, length-limited form of untrusted s for log messages. */
 const char *
@@ -164,7 +166,7 @@ connect_option (const char *opt, size_t len, const char *what,
     c->compress = codec;
     return 0;
   }
-  if (len > 7 && strncmp (opt, "format=", 7) == 0) {
+  if (len >= 7 && strncmp (opt, "format=", 7) == 0) {
     if (c->format[0]) {
       nbdkit_error ("%s: ':format=' given twice", what);
       return -1;
@@ -355,10 +357,36 @@ connect_uri (const char *uri, enum connect_origin origin, const char *what,
     nbdkit_error ("%s: ':nbd=' needs a URI", what);
     return -1;
   }
+  if (connect_clash (uri, "nbd=", what) == -1)
+    return -1;
   c->uri = strdup (uri);
   if (c->uri == NULL) {
     nbdkit_error ("strdup: %m");
     return -1;
+  }
+  return 0;
+}
+
+/* The options that take the rest of the string: they exclude each
+ * other, so the rest of one (rest, after ':own') must not hold another.
+ * -1 after logging if it does.
+ */
+static int
+connect_clash (const char *rest, const char *own, const char *what)
+{
+  static const char *const last[] = { "file=", "persist=", "nbd=" };
+  char marker[16];
+  size_t i;
+
+  for (i = 0; i < sizeof last / sizeof last[0]; i++) {
+    if (strcmp (last[i], own) == 0)
+      continue;
+    snprintf (marker, sizeof marker, ":%s", last[i]);
+    if (strstr (rest, marker)) {
+      nbdkit_error ("%s: ':%s' and ':%s' cannot go together (each takes "
+                    "the rest of the string)", what, own, last[i]);
+      return -1;
+    }
   }
   return 0;
 }
@@ -397,11 +425,8 @@ connect_persist (const char *path, enum connect_origin origin,
     nbdkit_error ("%s: ':persist=' needs a path", what);
     return -1;
   }
-  if (strstr (path, ":file=")) {
-    nbdkit_error ("%s: ':persist=' and ':file=' cannot go together (the "
-                  "device is loaded from its :persist= path)", what);
+  if (connect_clash (path, "persist=", what) == -1)
     return -1;
-  }
   c->persist = nbdkit_absolute_path (path);   /* NULL: it logged why */
   return c->persist ? 0 : -1;
 }
@@ -419,11 +444,8 @@ connect_file (const char *path, enum connect_origin origin, const char *what,
     nbdkit_error ("%s: ':file=' needs a path", what);
     return -1;
   }
-  if (strstr (path, ":persist=")) {
-    nbdkit_error ("%s: ':persist=' and ':file=' cannot go together (the "
-                  "device is loaded from its :persist= path)", what);
+  if (connect_clash (path, "file=", what) == -1)
     return -1;
-  }
   c->file = strdup (path);
   if (c->file == NULL) {
     nbdkit_error ("strdup: %m");
