@@ -17,10 +17,14 @@
  *       and zero extents are; they are neither read nor stored.  A
  *       server without it is read whole, and the store still keeps no
  *       all-zero page (store_fill).
- *   N2  Up to SOURCE_MAX_CONNS connections read at once, each its own
- *       thread taking every Nth stripe of SOURCE_STRIPE bytes: one
- *       qemu-nbd each for a file (they decode in parallel), or several
- *       connections to a server that allows multi-conn (one otherwise).
+ *   N2  Up to two connections per CPU (at most SOURCE_MAX_CONNS) read
+ *       at once, each its own thread taking every Nth stripe of
+ *       SOURCE_STRIPE bytes, so that one decodes while another fills
+ *       the store: one qemu-nbd each for a file (they decode in
+ *       parallel), or several connections to a server that allows
+ *       multi-conn (one otherwise).  libnbd does not clear the buffers
+ *       it reads into: they are the store's pages, and a failed read
+ *       fails the whole load (N3).
  *   N3  A load that fails part way (EIO from the server, qemu-nbd
  *       killed, max-memory reached) fails whole: the caller destroys
  *       the device, so nothing half-loaded is ever served.
@@ -54,7 +58,7 @@
 #include "report.h"
 #include "source.h"
 
-#define SOURCE_MAX_CONNS 4
+#define SOURCE_MAX_CONNS 8
 #define SOURCE_STRIPE ((uint64_t) 64 << 20)   /* a thread's share at a time */
 #define SOURCE_READ ((uint64_t) 4 << 20)      /* bytes per nbd_pread */
 #define SOURCE_EXTENTS 1024                   /* extents per block status */
@@ -333,7 +337,8 @@ source_handle (struct source *src, const char *what)
     report_error ("%s: %s: %s", what, src->label, nbd_get_error ());
     return NULL;
   }
-  if (nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1) {
+  if (nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
+      nbd_set_pread_initialize (h, false) == -1) {
     report_error ("%s: %s: %s", what, src->label, nbd_get_error ());
     nbd_close (h);
     return NULL;
@@ -450,7 +455,8 @@ source_open (const struct source_spec *spec, const char *what, uint64_t *size)
   if (source_connect (src, 0, spec, what) == -1)
     goto fail;
   /* N2: a server must allow multi-conn; each qemu-nbd is our own. */
-  want = cpus < 1 ? 1 : cpus > SOURCE_MAX_CONNS ? SOURCE_MAX_CONNS : cpus;
+  want = cpus < 1 ? 2 : 2 * cpus > SOURCE_MAX_CONNS ? SOURCE_MAX_CONNS
+                                                    : 2 * cpus;
   if ((src->size + SOURCE_STRIPE - 1) / SOURCE_STRIPE < want)
     want = (src->size + SOURCE_STRIPE - 1) / SOURCE_STRIPE;
   if (spec->uri && nbd_can_multi_conn (src->h[0]) != 1)
