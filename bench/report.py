@@ -736,6 +736,163 @@ def store_compare_section(r, d, compressed):
     r.out()
 
 
+# ---------------------------------------------------------------- load
+# Loading golden images as they ship: load-bench.py's results (issue 16).
+# A separate section: its own names, one call in main().
+
+LOAD_FORMATS = (("qcow2", "qcow2"), ("qcow2c", "qcow2 -c (zlib)"))
+LOAD_ROUTES = (("memblock", "memblock :format=qcow2"),
+               ("shm", "(a) -O raw to /dev/shm + file="),
+               ("convert", "(b) qemu-img convert -n to NBD"),
+               ("nbdcopy", "(c) nbdcopy [qemu-nbd] to NBD"),
+               ("null", "floor: nbdcopy [qemu-nbd] null:"))
+LOAD_OTHERS = ("shm", "convert", "nbdcopy")     # the routes users have
+LOAD_PROCS = (("nbdkit", "nbdkit"), ("qemu-nbd", "qemu-nbd"),
+              ("qemu-img", "qemu-img"), ("nbdcopy", "nbdcopy"))
+LOAD_TIME_TARGET = 0.6          # memblock / the fastest other route
+LOAD_HELD_TARGET = 1.0          # memory held / non-zero pages
+LOAD_PEAK_TARGET = 1.1          # peak of all / non-zero pages: no 2nd copy
+
+
+def load_section(r, d):
+    title = "Loading golden images as they ship"
+    if d is None:
+        r.missing(title, "load")
+        return
+    img, n, src = d["image"], d["rounds"], d["sources"]
+    nz = img["nonzero"]
+    smp = d["samples"]
+
+    def med(key, field):
+        xs = [x[field] for x in smp.get(key, []) if x.get(field) is not None]
+        return bl.median(xs) if xs else float("nan")
+    empty = med("empty", "held")
+    r.out("%s: the golden image (%d MiB ext4, %.0f MiB in non-zero 4 KiB "
+          "pages, \"data\" below)" % (title, img["size"] // bl.MiB, nz / bl.MiB))
+    r.out("as qcow2 (%.0f MiB) and as qcow2 -c (qemu-img convert -c, zlib: "
+          "%.0f MiB), from the page cache," % (src["qcow2"]["allocated"] / bl.MiB,
+                                               src["qcow2c"]["allocated"] / bl.MiB))
+    r.out("into memblock with :format=qcow2 and by the routes users have "
+          "today.  Time: memblock, nbdkit start")
+    r.out("until its pidfile; (a) the convert and nbdkit's start until its "
+          "pidfile; (b), (c) nbdkit's start")
+    r.out("(a writable device of the image's size) until the copy exits.  "
+          "Unpinned, %d CPUs; median of %s," % (d["cpus"], rounds(n)))
+    r.out("order rotated each round%s; load average %s before, %s after." %
+          ("; every device compared with the image" if d.get("verified")
+           else "", "/".join(d["loadavg_before"]),
+           "/".join(d.get("loadavg_after", ["?"]))))
+    r.out("Memory (MiB): per process name the largest VmHWM seen (summed over "
+          "its processes: x2 = two);")
+    r.out("shm: the /dev/shm file; peak: VmRSS (less RssShmem) of all of them "
+          "plus shm at one moment,")
+    r.out("sampled every 10 ms; held: nbdkit's VmRSS at the end (no "
+          "connection open, /dev/shm file removed);")
+    r.out("net: held less an empty start's VmRSS (%.1f MiB).  /best: time / "
+          "the fastest of (a), (b), (c)." % (empty / bl.MiB))
+    r.out("%-33s %7s %5s %6s %8s %8s %8s %8s %6s %6s %5s %6s %5s" %
+          ("route", "time s", "/best", "CPU s", "nbdkit", "qemu-nbd",
+           "qemu-img", "nbdcopy", "shm", "peak", "/data", "held", "net/d"))
+    ratios = {}
+    for fmt, flabel in LOAD_FORMATS:
+        r.out(flabel + ":")
+        best = min((med("%s/%s" % (k, fmt), "s") for k in LOAD_OTHERS),
+                   key=lambda x: x if not math.isnan(x) else float("inf"))
+        best_name = [k for k in LOAD_OTHERS
+                     if med("%s/%s" % (k, fmt), "s") == best]
+        for key, label in LOAD_ROUTES:
+            xs = smp.get("%s/%s" % (key, fmt), [])
+            if len(xs) < n:
+                r.incomplete.append("load %s %s" % (key, fmt))
+            if not xs:
+                r.out("  %-31s %7s" % (label, "missing"))
+                continue
+            k = "%s/%s" % (key, fmt)
+            procs = []
+            for p, _ in LOAD_PROCS:
+                hw = [x["hwm"].get(p) for x in xs if p in x["hwm"]]
+                cnt = max((x["procs"].get(p, 0) for x in xs), default=0)
+                procs.append("%8s" % ("-" if not hw else
+                                      ("%.0f" % (bl.median(hw) / bl.MiB)) +
+                                      ("x%d" % cnt if cnt > 1 else "")))
+            held = med(k, "held")
+            r.out("  %-31s %7.2f %5.2f %6.2f %s %6.0f %6.0f %5.2f %6s %5s" %
+                  (label, med(k, "s"), ratio(med(k, "s"), best),
+                   med(k, "cpu_s"), " ".join(procs),
+                   med(k, "shm_peak") / bl.MiB, med(k, "peak") / bl.MiB,
+                   ratio(med(k, "peak"), nz),
+                   "-" if math.isnan(held) else "%.0f" % (held / bl.MiB),
+                   "-" if math.isnan(held) else
+                   "%.3f" % ratio(held - empty, nz)))
+        m = "memblock/" + fmt
+        ratios[fmt] = (ratio(med(m, "s"), best),
+                       best_name[0] if best_name else "?",
+                       ratio(med(m, "held") - empty, nz),
+                       ratio(med(m, "peak"), nz), ratio(med(m, "held"), nz))
+    r.out("Per round (run order), time s:")
+    for fmt, flabel in LOAD_FORMATS:
+        for key, label in LOAD_ROUTES:
+            xs = smp.get("%s/%s" % (key, fmt), [])
+            if xs:
+                r.out("  %-8s %-9s %s" % (fmt, key,
+                                          per_round([x["s"] for x in xs])))
+    r.out()
+
+    # Where the time goes.
+    r.out("Where the time goes (medians, s; CPU s: all the processes of the "
+          "step; CPUs: CPU s / time):")
+    rows = [("memblock qcow2 -c: nbdkit start to pidfile", "memblock/qcow2c"),
+            ("  its \"loaded in\" (nbdkit -v)", ("memblock/qcow2c",
+                                                  "loaded_s")),
+            ("memblock qcow2: nbdkit start to pidfile", "memblock/qcow2"),
+            ("  its \"loaded in\" (nbdkit -v)", ("memblock/qcow2",
+                                                  "loaded_s")),
+            ("qemu-img info + check of qcow2 -c (before load)", "check/qcow2c"),
+            ("empty start (name=g:ro:size=S) to pidfile", "empty"),
+            ("decode+socket floor, qcow2 -c: nbdcopy [qemu-nbd] null:",
+             "null/qcow2c"),
+            ("decode+socket floor, qcow2: nbdcopy [qemu-nbd] null:",
+             "null/qcow2"),
+            ("socket floor, raw: nbdcopy [qemu-nbd -f raw] null:",
+             "raw-null"),
+            ("the store alone: file=IMG (raw, page cache, no socket)",
+             "raw-file")]
+    for label, key in rows:
+        if isinstance(key, tuple):
+            v = med(*key)
+            r.out("  %-60s %7.2f" % (label, v))
+            continue
+        t, c = med(key, "s"), med(key, "cpu_s")
+        r.out("  %-60s %7.2f  CPU %6.2f  CPUs %.2f" % (label, t, c,
+                                                       ratio(c, t)))
+    qc = d.get("check_qcow2")
+    if qc:
+        r.out("  %-60s %7.2f  (one run)" % ("qemu-img info + check of qcow2",
+                                            qc["s"]))
+    dec = (med("null/qcow2c", "cpu_s") - med("raw-null", "cpu_s"))
+    r.out("zlib decode: %.2f CPU s more than the raw floor for %.0f MiB of "
+          "data, %.0f MiB/s per CPU;" % (dec, nz / bl.MiB,
+                                         ratio(nz / bl.MiB, dec)))
+    r.out("with %d CPUs the compressed load cannot take less than %.2f s "
+          "of decoding alone." % (d["cpus"], ratio(dec, d["cpus"])))
+    left = sum(x.get("leftover_children", 0) for xs in smp.values()
+               for x in xs)
+    if left:
+        r.out("WARNING: %d child processes of nbdkit still there after a "
+              "load" % left)
+    r.out()
+
+    for fmt, flabel in LOAD_FORMATS:
+        t, best, held, peak, _ = ratios[fmt]
+        r.targets += [
+            Target("load %s: memblock time / fastest other route (%s)" %
+                   (flabel, best), t, "<=", LOAD_TIME_TARGET),
+            Target("load %s: memblock held (net) / non-zero pages" % flabel,
+                   held, "<=", LOAD_HELD_TARGET, "%.4f"),
+            Target("load %s: peak of all processes / non-zero pages" %
+                   flabel, peak, "<=", LOAD_PEAK_TARGET, "%.3f")]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", required=True, help="results directory")
@@ -757,6 +914,8 @@ def main():
     store_codec_section(r, args.dir)
     store_compare_section(r, results("store-compare.json"), False)
     store_compare_section(r, results("store-compare-codec.json"), True)
+    # Loading golden images as they ship (load-bench.py).
+    load_section(r, results("load.json"))
     missed = r.judge()
     if r.incomplete:
         r.out("INCOMPLETE: " + ", ".join(r.incomplete))

@@ -221,6 +221,24 @@ if [ -z "$base_skip" ]; then
         -c zstd,lz4 $codec_data $cmp_codec_args
 fi
 
+# ---- Loading golden images as they ship (issue 16): load-bench.py.
+# The golden image as qcow2 and as compressed qcow2 (made once, kept
+# beside the image in $out/clone/) loaded with :format=qcow2, beside
+# qemu-img convert to /dev/shm + file=, qemu-img convert -n and nbdcopy
+# from qemu-nbd into a running memblock; time, every process's VmHWM,
+# /dev/shm and the memory held.  About 20 minutes on a busy 2-core
+# machine (3 rounds; once 1 more to make the compressed qcow2); --smoke:
+# about 30 s.
+if $smoke; then
+    load_args="--rounds 1 --verify"
+else
+    load_args="--rounds ${BENCH_LOAD_ROUNDS:-3}"
+fi
+rm -f "$out/load.json"
+part load /dev/null \
+    $PY bench/load-bench.py $image_args $load_args --out "$out/load.json"
+# ---- end of the load part.
+
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
 git diff --quiet HEAD -- plugin 2>/dev/null || rev="$rev with local changes"
 mode=full

@@ -15,7 +15,8 @@ for t in 'Pinned, median' 'RSS amplification' 'Extent precision' \
          'block-status walk' 'In-process store' 'Golden image and writable clones' \
          'Compression' 'In-process store, compressed' \
          'The store at .* beside the current one:' \
-         'The store at .* beside the current one, compressed:' 'Targets'; do
+         'The store at .* beside the current one, compressed:' \
+         'Loading golden images as they ship' 'Targets'; do
     grep -q "$t" "$tmp/bench.out" || { cat "$tmp/bench.out"; fail "no '$t' table"; }
 done
 ! grep -q 'MISSING' "$tmp/bench.out" ||
