@@ -610,8 +610,12 @@ manage_reap_expired (void)
   for (i = n; i-- > 0; ) {
     struct device *d = table[i];
 
+    struct timespec due = d->closed_at;
+
+    due.tv_sec += config.temp_grace;
     if (registry_unused (d) &&
-        now.tv_sec - d->closed_at.tv_sec >= (time_t) config.temp_grace) {
+        (now.tv_sec > due.tv_sec ||
+         (now.tv_sec == due.tv_sec && now.tv_nsec >= due.tv_nsec))) {
       registry_reap (d);
       manage_tidy ();
       table = registry_table (&n);
