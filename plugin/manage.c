@@ -262,7 +262,11 @@ manage_fold_one (void)
       struct device **readers;
       size_t nr, k;
 
-      if (store_refs (parent) != 1 || manage_is_device_store (parent))
+      /* A clone may keep its data with another codec than its source:
+       * folding would give the device the source's.
+       */
+      if (store_refs (parent) != 1 || manage_is_device_store (parent) ||
+          store_codec (parent) != store_codec (child))
         continue;
       if ((readers = manage_readers (child, &nr)) == NULL)
         return false;
