@@ -77,23 +77,28 @@ ROLLBACK_WRITES = 64            # 4 KiB writes before each timed rollback
 
 # ---------------------------------------------------------------- clients
 
+def connect_unix(path, timeout, what):
+    """A stream socket connected to path, retried until timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise RuntimeError("no %s at %s" % (what, path))
+            time.sleep(0.01)
+
+
 class Ctl:
     """A connection to memblock's control socket: JSON-RPC 2.0, one line
     each way.  call() returns (result, round trip in seconds)."""
 
     def __init__(self, path, timeout=60):
         self.path = path
-        deadline = time.monotonic() + timeout
-        while True:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise RuntimeError("no control socket at " + path)
-                time.sleep(0.01)
+        self.sock = connect_unix(path, timeout, "control socket")
         self.rfile = self.sock.makefile("rb")
         self.next_id = 1
 
@@ -141,17 +146,7 @@ class Qmp:
     round trip in seconds); events are skipped."""
 
     def __init__(self, path, timeout=60):
-        deadline = time.monotonic() + timeout
-        while True:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise RuntimeError("no QMP socket at " + path)
-                time.sleep(0.01)
+        self.sock = connect_unix(path, timeout, "QMP socket")
         self.rfile = self.sock.makefile("rb")
         json.loads(self.rfile.readline())       # the greeting
         self.call("qmp_capabilities")
