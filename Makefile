@@ -42,7 +42,8 @@ PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c
                plugin/registry.c plugin/declare.c plugin/human.c plugin/source.c \
                $(CONTROL_SRCS) $(STORE_SRCS)
 HEADERS     := $(wildcard plugin/*.h)
-UNIT_TESTS  := test-core test-clones test-codecs test-races test-memory test-pool
+UNIT_TESTS  := test-core test-clones test-codecs test-races test-memory test-pool \
+               test-snapshots
 
 obj = $(patsubst plugin/%.c,$(BUILD)/%.o,$(1))
 

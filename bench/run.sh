@@ -25,6 +25,15 @@
 #             their list asked of its Makefile, built with this
 #             store-bench.c) beside the current one, alternating rounds,
 #             uncompressed and compressed  (store-bench.c, store-compare.py)
+#   snapshot  the golden image in a writable device with control=:
+#             snapshot and rollback round trips beside qemu-storage-
+#             daemon's blockdev-snapshot-sync over QMP, memory growth of
+#             writes after a snapshot, 4 KiB random read through 16
+#             snapshots (fio) and through 16 frozen layers in process
+#             (store-bench -l), save of a snapshot beside nbdcopy and
+#             writes during saves, the request gate in process
+#             (store-bench -g) and fio with control= and without
+#                                     (snapshot-bench.py, store-bench.c)
 # then prints the tables, ratios and target verdicts (report.py) and
 # saves them to build/bench/results.txt (build/bench/smoke/ for --smoke).
 #
@@ -35,7 +44,7 @@
 # A full run takes about 20 minutes on a busy 2-core machine (the clone
 # part about 2, plus 20 s the first time to make its image, kept in
 # $BENCH_OUT/clone/; compress and store-codec together about 3.5; the
-# baseline store comparisons about 1.5).  As root
+# baseline store comparisons about 1.5; snapshot about 5).  As root
 # it runs at nice -10 so that other work on the machine disturbs it less
 # (BENCH_NICE=0 turns it off).
 # Environment: BENCH_ROUNDS, BENCH_RUNTIME (seconds per fio run),
@@ -71,6 +80,7 @@ $smoke && out=$out/smoke
 mkdir -p "$out"
 rm -f "$out"/fio.json "$out"/sparse.json "$out"/clone.json "$out"/store-*.txt \
       "$out"/compress.json "$out"/store-compare*.json "$out"/results.txt \
+      "$out"/snapshot.json \
       "$out"/store-bench "$out"/store-bench-base "$out"/*.log
 
 if $smoke; then
@@ -85,6 +95,8 @@ if $smoke; then
     codec_args="-t 0.04 -r 1 -m 4"
     cmp_args="-t 0.04 -m 4" cmp_rounds=2
     cmp_codec_args="-t 0.04 -m 4" cmp_codec_rounds=2
+    snapshot_args="--snapshots 3 --write 4M --rounds 1 --runtime 0.2 --save-rounds 1 --busy-runtime 0.3"
+    layers_args="-t 0.04 -r 1"
 else
     fio_args="--size ${BENCH_SIZE:-1G} --rounds ${BENCH_ROUNDS:-7} --runtime ${BENCH_RUNTIME:-3}"
     sparse_args="--rounds 3"
@@ -97,6 +109,8 @@ else
     codec_args="-t 0.25 -r 3 -m 64"
     cmp_args="-t 0.25 -m 4" cmp_rounds=7
     cmp_codec_args="-t 0.25 -m 64" cmp_codec_rounds=5
+    snapshot_args="--snapshots 30 --write 256M --rounds 5 --runtime 3 --save-rounds 3 --busy-runtime 3"
+    layers_args="-t 0.2 -r 9"
 fi
 # The golden image clone-bench.py and compress-bench.py build and keep
 # (benchlib.golden_image); store-bench -c reads its data from it.
@@ -151,6 +165,12 @@ part build-store-bench /dev/null $cc_store -Iplugin \
 part store-ram "$out/store-ram.txt" \
     "$out/store-bench" $store_args -m "$store_ram"
 part store-cache "$out/store-cache.txt" "$out/store-bench" $store_args -m 4
+# Snapshots in process: reads through 16 frozen layers beside one store,
+# and the request gate beside the bare store.
+part store-layers "$out/store-layers.txt" \
+    "$out/store-bench" $layers_args -m "$store_ram" -l 16 -p
+part store-gate "$out/store-gate.txt" \
+    "$out/store-bench" $layers_args -m "$store_ram" -g -p
 
 # The store of the baseline commit, when git has it: its tree into
 # $base, the list of its store sources from its own Makefile.
@@ -207,6 +227,9 @@ part clone /dev/null \
 part compress /dev/null \
     $PY bench/compress-bench.py $image_args $compress_args \
     --out "$out/compress.json"
+part snapshot /dev/null \
+    $PY bench/snapshot-bench.py $image_args $snapshot_args \
+    --out "$out/snapshot.json"
 # The compressed store, filled with the image's data (text if the image
 # could not be made).
 codec_data=""
