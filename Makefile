@@ -44,7 +44,7 @@ PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c
                $(CONTROL_SRCS) $(STORE_SRCS)
 HEADERS     := $(wildcard plugin/*.h)
 UNIT_TESTS  := test-core test-clones test-codecs test-races test-memory test-pool \
-               test-volatile
+               test-snapshots test-volatile
 
 obj = $(patsubst plugin/%.c,$(BUILD)/%.o,$(1))
 

@@ -34,32 +34,24 @@
  * distinct data (2 x -m MiB of it), not one MiB repeated.
  * -p adds each run's GiB/s to every line, as a comma list.
  *
- * -V (a volatile device's write cache, plugin/volatile.c; it needs the
- * store of layer.c and gate.c, so a build against an older store
- * refuses it) measures reads and writes of three devices, each request
- * passing the device's gate as plugin/memblock.c's pread and pwrite do:
- *   plain     a store (gate_enter, the call, gate_leave);
- *   volatile  a cache (store_create_like) over a store holding the
- *             prefill, emptied before each run as a flush leaves it
- *             (store_fold, store_forget, untimed): its writes land in
- *             pages the cache does not hold yet.  Each request also
- *             checks the cut state (memblock_cut_off) and each write
- *             does what vol_wrote does without FUA: the device's mutex
- *             around the write count, a log append (grown by realloc)
- *             and the unflushed counts, and the armed-cut check;
- *   vol-warm  the same over another store, its cache holding every page
- *             already (written once at the start, never flushed): writes
- *             overwrite the cache's own pages.
- * The variants' order rotates each run.  Then the flush: the cache is
- * filled with F MiB (the smaller of 256 and 2 x -m; "flushmib F") of
- * 4 KiB writes at random offsets, each page once, or of 1 MiB
- * sequential writes (with the same bookkeeping), and what vol_flush
- * does is timed: gate_close, store_fold, store_forget, the log emptied,
- * gate_open.  Lines "flush 4k 1 volatile" and "flush 1m 1 volatile" give
- * F MiB / that time in GiB/s.
+ * Two more modes measure what snapshots and the control socket cost the
+ * data path; they need the store of layer.c and gate.c (store.h's
+ * store_create_like, gate.h), so a build against an older store (the
+ * baseline of store-compare.py) has neither and refuses them:
+ *   -l N     reads only: "flat", one store, beside "layers", the top of a
+ *            chain of N frozen layers as N snapshots leave it: the first
+ *            layer holds the prefill, and after each snapshot
+ *            (store_create_like of the layer, which is then never written
+ *            again) LAYER_PERCENT % of the pages, at random, are
+ *            written into the new top; "flat" gets the same writes, so
+ *            both read the same bytes (checked on a sample of pages).
+ *   -g       "store", the bare store, beside "gate", the same store with
+ *            each request passing a gate as plugin/memblock.c does
+ *            (gate_enter, the call, gate_leave with its kind and bytes).
+ *   In both, the variants' order rotates each run.
  *
  * Usage: store-bench [-t SECONDS] [-r RUNS] [-m MIB_PER_THREAD]
- *                    [-s | -c CODECS | -V] [-d FILE] [-p]
+ *                    [-s | -c CODECS | -l LAYERS | -g] [-d FILE] [-p]
  * Output: one line per figure: "op bs threads variant gibps cpus [runs]".
  */
 
@@ -94,15 +86,15 @@
 #define PAGE 4096
 #define MAX_VARIANTS 3
 #define MAX_REPS 99
+#define MAX_LAYERS 64
+#define LAYER_PERCENT 3                 /* -l: pages written per layer */
 
 /* What a variant does, and the store it uses. */
-enum kind { K_MEMCPY, K_STORE, K_MUTEX, K_GATE, K_VOL };
-struct vdev;
+enum kind { K_MEMCPY, K_STORE, K_MUTEX, K_GATE };
 struct variant {
   const char *name;
   enum kind kind;
   struct store *st;
-  struct vdev *vol;                     /* K_VOL: its device */
 };
 static struct variant variants[MAX_VARIANTS];
 static int nvariants;
@@ -121,75 +113,12 @@ static unsigned char *zeroes;           /* BIG zero bytes */
 static uint64_t region;                 /* bytes per thread */
 static uint64_t zbase;
 static pthread_mutex_t global_lock = PTHREAD_MUTEX_INITIALIZER;
+#if HAVE_LAYERS
+static struct gate gate;                /* -g */
+#endif
 static atomic_bool stop;
 static pthread_barrier_t barrier;
 static int cpu_list[MAX_THREADS];
-
-#if HAVE_LAYERS
-/* -V: a device's gate, and a volatile device's bookkeeping as struct vol
- * in plugin/volatile.c keeps it (volatile.c needs nbdkit: this mirrors
- * vol_wrote without FUA, vol_log and vol_refused).
- */
-#define VOL_LOG_MAX ((size_t) 1 << 22)
-struct vdev_extent {
-  uint64_t offset, length;
-};
-struct vdev {
-  struct gate gate;
-  _Atomic unsigned generation;
-  _Atomic bool pending, armed;
-  pthread_mutex_t lock;
-  struct vdev_extent *log;
-  size_t nlog, caplog;
-  uint64_t untracked, unflushed_writes, unflushed_bytes, writes, arm_left;
-};
-static struct gate gate;                /* the plain device's */
-static struct vdev vdevs[2];            /* volatile, vol-warm */
-
-/* As vol_refused: a request of a connection of generation 0. */
-static inline bool
-vdev_refused (struct vdev *d)
-{
-  return atomic_load (&d->generation) != 0 || atomic_load (&d->pending);
-}
-
-/* As vol_wrote with fua false, and vol_log. */
-static inline void
-vdev_wrote (struct vdev *d, uint64_t count, uint64_t offset)
-{
-  pthread_mutex_lock (&d->lock);
-  d->writes++;
-  if (d->nlog == d->caplog && d->caplog < VOL_LOG_MAX) {
-    size_t cap = d->caplog ? d->caplog * 2 : 1024;
-    struct vdev_extent *log = realloc (d->log, cap * sizeof *log);
-
-    if (log != NULL) {
-      d->log = log;
-      d->caplog = cap;
-    }
-  }
-  if (d->nlog < d->caplog)
-    d->log[d->nlog++] = (struct vdev_extent) { offset, count };
-  else
-    d->untracked++;
-  d->unflushed_writes++;
-  d->unflushed_bytes += count;
-  if (atomic_load (&d->armed) && --d->arm_left == 0)
-    atomic_store (&d->pending, true);
-  pthread_mutex_unlock (&d->lock);
-}
-
-/* As vol_clear, under the lock. */
-static void
-vdev_clear (struct vdev *d)
-{
-  pthread_mutex_lock (&d->lock);
-  d->nlog = 0;
-  d->untracked = 0;
-  d->unflushed_writes = d->unflushed_bytes = 0;
-  pthread_mutex_unlock (&d->lock);
-}
-#endif
 
 struct job {
   int id;
@@ -244,21 +173,6 @@ do_op (struct job *j, uint64_t base, uint64_t off, uint64_t n)
     int r = write ? store_write (j->v->st, buf, j->bs, base + off)
                   : store_read (j->v->st, buf, j->bs, base + off);
 
-    gate_leave (st, write ? GATE_WRITE : GATE_READ, j->bs);
-    if (r == -1)
-      die ("store");
-    return;
-  }
-  if (j->v->kind == K_VOL) {
-    /* The same on a volatile device (memblock_cut_off, vol_wrote). */
-    struct vdev *d = j->v->vol;
-    struct gate_stripe *st = gate_enter (&d->gate);
-    int r = vdev_refused (d) ? -1
-      : write ? store_write (j->v->st, buf, j->bs, base + off)
-      : store_read (j->v->st, buf, j->bs, base + off);
-
-    if (r == 0 && write)
-      vdev_wrote (d, j->bs, base + off);
     gate_leave (st, write ? GATE_WRITE : GATE_READ, j->bs);
     if (r == -1)
       die ("store");
@@ -487,7 +401,7 @@ pool_text (unsigned char *pool, uint64_t len)
 static void
 add_variant (const char *name, enum kind kind, struct store *st)
 {
-  variants[nvariants++] = (struct variant) { name, kind, st, NULL };
+  variants[nvariants++] = (struct variant) { name, kind, st };
 }
 
 static struct store *
@@ -504,66 +418,66 @@ static void
 usage (const char *prog)
 {
   fprintf (stderr, "usage: %s [-t SECONDS] [-r RUNS] [-m MIB] "
-           "[-s | -c CODECS | -V] [-d FILE] [-p]\n", prog);
+           "[-s | -c CODECS | -l LAYERS | -g] [-d FILE] [-p]\n", prog);
   exit (2);
 }
 
 #if HAVE_LAYERS
-/* -V: empty a volatile device's cache as vol_flush does (store_fold,
- * store_forget, the log emptied, with the gate closed); the time it took.
+/* -l: LAYER_PERCENT % of the pages of [0, len), at random (seed), written
+ * into st with 4 KiB of buf's successive pages.
  */
-static double
-vdev_flush (struct vdev *d, struct store *cache)
+static void
+write_some (struct store *st, uint64_t len, uint64_t seed,
+            const unsigned char *buf)
 {
-  double t0 = clock_s (CLOCK_MONOTONIC);
+  uint64_t pages = len / PAGE, n = pages * LAYER_PERCENT / 100;
+  uint64_t x = 0x9e3779b97f4a7c15ULL ^ (seed * 0xbf58476d1ce4e5b9ULL);
 
-  gate_close (&d->gate);
-  if (store_fold (cache) == -1 || store_forget (cache) == -1)
-    die ("store_fold");
-  vdev_clear (d);
-  gate_open (&d->gate);
-  return clock_s (CLOCK_MONOTONIC) - t0;
+  for (uint64_t i = 0; i < n; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    if (store_write (st, buf + (i % (BIG / PAGE)) * PAGE, PAGE,
+                     (x % pages) * PAGE) == -1)
+      die ("store_write");
+  }
 }
 
-/* -V: fill the emptied cache with len bytes of bs writes (4 KiB at
- * random offsets, each page once, or 1 MiB sequential) through the
- * device's bookkeeping, then time its flush.
+/* -l: the chain of n frozen layers over base, flat getting the same
+ * writes; returns the top.  layers[] keeps every store made, to free.
  */
-static struct figure
-flush_run (struct vdev *d, struct store *cache, uint64_t len, uint64_t bs,
-           const unsigned char *buf, uint64_t seed)
+static struct store *
+make_chain (struct store *base, struct store *flat, int n, uint64_t len,
+            const unsigned char *buf, struct store **layers)
 {
-  uint64_t n = len / bs, *order = malloc (n * sizeof *order);
-  uint64_t x = 0x9e3779b97f4a7c15ULL ^ (seed * 0xbf58476d1ce4e5b9ULL);
-  double t, c0;
+  struct store *top = base;
+  unsigned char *a = malloc (PAGE), *b = malloc (PAGE);
+  uint64_t x = 12345;
 
-  if (order == NULL)
+  for (int i = 0; i < n; i++) {
+    if ((layers[i] = top = store_create_like (top)) == NULL)
+      die ("store_create_like");
+    write_some (top, len, i + 1, buf);
+    write_some (flat, len, i + 1, buf);
+  }
+  /* Both read the same bytes. */
+  if (a == NULL || b == NULL)
     die ("malloc");
-  for (uint64_t i = 0; i < n; i++)
-    order[i] = i;
-  for (uint64_t i = n - 1; bs < BIG && i > 0; i--) {   /* shuffle */
-    uint64_t k, tmp;
+  for (int i = 0; i < 4096; i++) {
+    uint64_t off;
 
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-    k = x % (i + 1);
-    tmp = order[i], order[i] = order[k], order[k] = tmp;
+    off = (x % (len / PAGE)) * PAGE;
+    if (store_read (top, a, PAGE, off) == -1 ||
+        store_read (flat, b, PAGE, off) == -1)
+      die ("store_read");
+    if (memcmp (a, b, PAGE) != 0) {
+      fprintf (stderr, "store-bench: -l: layers and flat differ at %llu\n",
+               (unsigned long long) off);
+      exit (1);
+    }
   }
-  for (uint64_t i = 0; i < n; i++) {
-    struct gate_stripe *st = gate_enter (&d->gate);
-
-    if (store_write (cache, buf + (i % (BIG / bs)) * bs, bs,
-                     order[i] * bs) == -1)
-      die ("store_write");
-    vdev_wrote (d, bs, order[i] * bs);
-    gate_leave (st, GATE_WRITE, bs);
-  }
-  free (order);
-  if (d->unflushed_bytes != len)
-    die ("flush_run: unflushed bytes");
-  c0 = clock_s (CLOCK_PROCESS_CPUTIME_ID);
-  t = vdev_flush (d, cache);
-  return (struct figure) { len / t / (1 << 30),
-                           (clock_s (CLOCK_PROCESS_CPUTIME_ID) - c0) / t };
+  free (a);
+  free (b);
+  return top;
 }
 #endif
 
@@ -578,14 +492,12 @@ main (int argc, char **argv)
   /* res[threads-1][op][size][variant][rep] */
   static struct figure res[MAX_THREADS][NOPS][2][MAX_VARIANTS][MAX_REPS];
   const char *codecs = NULL, *datafile = NULL;
-  bool store_only = false, full, volmode = false;
-#if HAVE_LAYERS
-  uint64_t flush_len = 0;
-  static struct figure flushres[2][MAX_REPS];   /* -V: 4k, 1m */
-#endif
+  bool store_only = false, full, gated = false;
+  int nlayers = 0, last_op = OP_WRITE;
+  struct store *layers[MAX_LAYERS];
   cpu_set_t set;
 
-  while ((opt = getopt (argc, argv, "t:r:m:sc:d:pV")) != -1) {
+  while ((opt = getopt (argc, argv, "t:r:m:sc:d:pl:g")) != -1) {
     switch (opt) {
     case 't': secs = atof (optarg); break;
     case 'r': reps = atoi (optarg); break;
@@ -594,14 +506,17 @@ main (int argc, char **argv)
     case 'c': codecs = optarg; break;
     case 'd': datafile = optarg; break;
     case 'p': print_runs = true; break;
-    case 'V': volmode = true; break;
+    case 'l': nlayers = atoi (optarg); break;
+    case 'g': gated = true; break;
     default: usage (argv[0]);
     }
   }
-  if (optind != argc || (store_only + (codecs != NULL) + volmode) > 1)
+  if (optind != argc ||
+      (store_only + (codecs != NULL) + (nlayers != 0) + gated) > 1 ||
+      nlayers < 0 || nlayers > MAX_LAYERS)
     usage (argv[0]);
-  if (!HAVE_LAYERS && volmode) {
-    fprintf (stderr, "%s: -V needs a store with layers and gates "
+  if (!HAVE_LAYERS && (nlayers || gated)) {
+    fprintf (stderr, "%s: -l and -g need a store with layers and gates "
              "(gate.h)\n", argv[0]);
     return 2;
   }
@@ -609,7 +524,7 @@ main (int argc, char **argv)
     fprintf (stderr, "%s: bad arguments\n", argv[0]);
     return 2;
   }
-  full = !store_only && codecs == NULL && !volmode;
+  full = !store_only && codecs == NULL && !nlayers && !gated;
 
   /* Threads go to the first CPUs we may use (the same one if only one). */
   if (sched_getaffinity (0, sizeof set, &set) == -1)
@@ -623,20 +538,18 @@ main (int argc, char **argv)
   region = mib << 20;
   zbase = (region * MAX_THREADS + CHUNK - 1) & ~(CHUNK - 1);
 #if HAVE_LAYERS
-  if (volmode) {
-    stores[nstores++] = new_store ();   /* plain */
-    stores[nstores++] = new_store ();   /* volatile's durable store */
-    stores[nstores++] = new_store ();   /* vol-warm's */
+  if (nlayers) {
+    stores[nstores++] = new_store ();   /* the chain's first layer */
+    stores[nstores++] = new_store ();
+    add_variant ("flat", K_STORE, stores[1]);
+    add_variant ("layers", K_STORE, NULL);      /* once the chain is made */
+    last_op = OP_READ;
+  }
+  else if (gated) {
+    stores[nstores++] = new_store ();
     gate_init (&gate);
-    for (i = 0; i < 2; i++) {
-      gate_init (&vdevs[i].gate);
-      pthread_mutex_init (&vdevs[i].lock, NULL);
-    }
-    add_variant ("plain", K_GATE, stores[0]);
-    add_variant ("volatile", K_VOL, NULL);      /* their caches, once */
-    add_variant ("vol-warm", K_VOL, NULL);      /* the prefill is in */
-    variants[1].vol = &vdevs[0];
-    variants[2].vol = &vdevs[1];
+    add_variant ("store", K_STORE, stores[0]);
+    add_variant ("gate", K_GATE, stores[0]);
   }
   else
 #endif
@@ -726,44 +639,22 @@ main (int argc, char **argv)
     printf ("data %s\n", datafile != NULL ? datafile : "text");
   written = store_allocated (stores[0]);
 #if HAVE_LAYERS
-  if (volmode) {
-    /* The caches over the prefilled stores; vol-warm's gets every page. */
-    for (i = 1; i <= 2; i++)
-      if ((variants[i].st = store_create_like (stores[i])) == NULL)
-        die ("store_create_like");
-    for (uint64_t off = 0; off < region * MAX_THREADS; off += BIG)
-      if (store_write (variants[2].st, bufs[1], BIG, off) == -1)
-        die ("store_write");
-    flush_len = region * MAX_THREADS < 256 * BIG ? region * MAX_THREADS
-                                                  : 256 * BIG;
-  }
+  if (nlayers)
+    variants[1].st = make_chain (stores[0], stores[1], nlayers,
+                                 region * MAX_THREADS, bufs[1], layers);
 #endif
 
   for (int r = 0; r < reps; r++) {
     for (int t = 1; t <= MAX_THREADS; t++)
-      for (int o = OP_READ; o <= OP_WRITE; o++)
+      for (int o = OP_READ; o <= last_op; o++)
         for (int s = 0; s < 2; s++)
           for (int k = 0; k < nvariants; k++) {
-            /* -V: the order rotates each run. */
-            int v = volmode ? (k + r) % nvariants : k;
+            /* -l and -g: the order rotates each run. */
+            int v = (nlayers || gated) ? (k + r) % nvariants : k;
 
-#if HAVE_LAYERS
-            if (volmode && v == 1)      /* as a flush leaves it */
-              vdev_flush (&vdevs[0], variants[1].st);
-            else if (volmode && v == 2)
-              vdev_clear (&vdevs[1]);
-#endif
             res[t - 1][o][s][v][r] = run (t, o, sizes[s], &variants[v], secs,
                                           bufs, pool != NULL);
           }
-#if HAVE_LAYERS
-    if (volmode)
-      for (int s = 0; s < 2; s++) {
-        vdev_flush (&vdevs[0], variants[1].st);
-        flushres[s][r] = flush_run (&vdevs[0], variants[1].st, flush_len,
-                                    sizes[s], bufs[0], r * 2 + s + 1);
-      }
-#endif
     if (!full)
       continue;
     /* variants: memcpy, store, mutex */
@@ -775,7 +666,7 @@ main (int argc, char **argv)
       run (1, OP_ZWRITE_CHUNK, BIG, &variants[1], secs, bufs, false);
   }
 
-  for (int o = OP_READ; o <= OP_WRITE; o++)
+  for (int o = OP_READ; o <= last_op; o++)
     for (int s = 0; s < 2; s++)
       for (int t = 1; t <= MAX_THREADS; t++)
         for (int v = 0; v < nvariants; v++)
@@ -795,32 +686,14 @@ main (int argc, char **argv)
       return 1;
     }
   }
-#if HAVE_LAYERS
-  if (volmode) {
-    printf ("flushmib %llu\n", (unsigned long long) (flush_len >> 20));
-    print ("flush", "4k", 1, "volatile", flushres[0], reps);
-    print ("flush", "1m", 1, "volatile", flushres[1], reps);
-    /* Flushed: the cache holds nothing, its store every page. */
-    if (store_allocated (variants[1].st) != 0 ||
-        store_allocated (stores[1]) != region * MAX_THREADS) {
-      fprintf (stderr, "store-bench: -V: the cache holds %llu bytes, its "
-               "store %llu\n",
-               (unsigned long long) store_allocated (variants[1].st),
-               (unsigned long long) store_allocated (stores[1]));
-      return 1;
-    }
-    for (i = 1; i <= 2; i++)
-      store_destroy (variants[i].st);
-    gate_destroy (&gate);
-    for (i = 0; i < 2; i++) {
-      gate_destroy (&vdevs[i].gate);
-      pthread_mutex_destroy (&vdevs[i].lock);
-      free (vdevs[i].log);
-    }
-  }
-#endif
+  for (int k = nlayers - 1; k >= 0; k--)
+    store_destroy (layers[k]);
   for (int k = 0; k < nstores; k++)
     store_destroy (stores[k]);
+#if HAVE_LAYERS
+  if (gated)
+    gate_destroy (&gate);
+#endif
   if (plain != NULL)
     munmap (plain, plain_size);
   free (zeroes);

@@ -2,9 +2,10 @@
 # `make bench` keeps working: a one-minute smoke run of every part of
 # the benchmark (fio over NBD against memblock, memory, malloc and null;
 # the sparse and memory checks; golden images and clones; compression;
-# the in-process store bench, compressed too, and the store of the
-# baseline commit beside the current one; volatile devices and power
-# cuts) must finish and print complete tables (none MISSING).  The
+# snapshots and the control socket; the in-process store bench,
+# compressed too, and the store of the baseline commit beside the
+# current one; volatile devices and power cuts; loading images as they
+# ship) must finish and print complete tables (none MISSING).  The
 # baseline tables may say "skipped" only when git cannot find the
 # baseline commit.  Targets are not judged here:
 # timings in a test run mean nothing.
@@ -15,8 +16,11 @@ sh "$top/bench/run.sh" --smoke >"$tmp/bench.out" 2>&1 ||
 for t in 'Pinned, median' 'RSS amplification' 'Extent precision' \
          'block-status walk' 'In-process store' 'Golden image and writable clones' \
          'Compression' 'In-process store, compressed' \
+         'Snapshots and the control socket' 'Reads through 16 frozen layers' \
+         'The request gate in process' \
          'The store at .* beside the current one:' \
-         'The store at .* beside the current one, compressed:' 'Targets'; do
+         'The store at .* beside the current one, compressed:' \
+         'Loading golden images as they ship' 'Targets'; do
     grep -q "$t" "$tmp/bench.out" || { cat "$tmp/bench.out"; fail "no '$t' table"; }
 done
 # The power cuts (:volatile devices): in process, over the control
