@@ -56,6 +56,7 @@ memblock_unload (void)
 {
   control_stop ();
   manage_stop ();
+  vol_stop ();
   save_persist_all ();
   registry_free ();
   config_free ();
