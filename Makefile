@@ -50,7 +50,8 @@ PLUGIN_SRCS := plugin/memblock.c plugin/config.c plugin/connect.c plugin/image.c
                plugin/volatile.c \
                $(CONTROL_SRCS) $(STORE_SRCS)
 HEADERS     := $(wildcard plugin/*.h)
-UNIT_TESTS  := test-core test-clones test-codecs test-races test-memory test-pool
+UNIT_TESTS  := test-core test-clones test-codecs test-races test-memory test-pool \
+               test-snapshots test-volatile
 
 obj = $(patsubst plugin/%.c,$(BUILD)/%.o,$(1))
 

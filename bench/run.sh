@@ -25,6 +25,22 @@
 #             their list asked of its Makefile, built with this
 #             store-bench.c) beside the current one, alternating rounds,
 #             uncompressed and compressed  (store-bench.c, store-compare.py)
+#   snapshot  the golden image in a writable device with control=:
+#             snapshot and rollback round trips beside qemu-storage-
+#             daemon's blockdev-snapshot-sync over QMP, memory growth of
+#             writes after a snapshot, 4 KiB random read through 16
+#             snapshots (fio) and through 16 frozen layers in process
+#             (store-bench -l), save of a snapshot beside nbdcopy and
+#             writes during saves, the request gate in process
+#             (store-bench -g) and fio with control= and without
+#                                     (snapshot-bench.py, store-bench.c)
+#   power     :volatile devices: in-process writes into a volatile cache
+#             beside a plain store through the gate, and the fold of a
+#             flush (store-bench -V); over NBD and the control socket, a
+#             flush and power cuts (keep none, all, random) of 256 MiB
+#             unflushed, and fio 4 KiB random writes with a flush every 64
+#             on a volatile device beside a plain one
+#                                        (store-bench.c, power-bench.py)
 # then prints the tables, ratios and target verdicts (report.py) and
 # saves them to build/bench/results.txt (build/bench/smoke/ for --smoke).
 #
@@ -35,7 +51,7 @@
 # A full run takes about 20 minutes on a busy 2-core machine (the clone
 # part about 2, plus 20 s the first time to make its image, kept in
 # $BENCH_OUT/clone/; compress and store-codec together about 3.5; the
-# baseline store comparisons about 1.5).  As root
+# baseline store comparisons about 1.5; snapshot about 5; power about 6).  As root
 # it runs at nice -10 so that other work on the machine disturbs it less
 # (BENCH_NICE=0 turns it off).
 # Environment: BENCH_ROUNDS, BENCH_RUNTIME (seconds per fio run),
@@ -71,6 +87,8 @@ $smoke && out=$out/smoke
 mkdir -p "$out"
 rm -f "$out"/fio.json "$out"/sparse.json "$out"/clone.json "$out"/store-*.txt \
       "$out"/compress.json "$out"/store-compare*.json "$out"/results.txt \
+      "$out"/snapshot.json \
+      "$out"/power.json \
       "$out"/store-bench "$out"/store-bench-base "$out"/*.log
 
 if $smoke; then
@@ -85,6 +103,10 @@ if $smoke; then
     codec_args="-t 0.04 -r 1 -m 4"
     cmp_args="-t 0.04 -m 4" cmp_rounds=2
     cmp_codec_args="-t 0.04 -m 4" cmp_codec_rounds=2
+    snapshot_args="--snapshots 3 --write 4M --rounds 1 --runtime 0.2 --save-rounds 1 --busy-runtime 0.3"
+    layers_args="-t 0.04 -r 1"
+    volatile_args="-t 0.04 -r 1 -m 4"
+    power_args="--size 64M --write 4M --rounds 1 --fio-rounds 1 --runtime 0.2"
 else
     fio_args="--size ${BENCH_SIZE:-1G} --rounds ${BENCH_ROUNDS:-7} --runtime ${BENCH_RUNTIME:-3}"
     sparse_args="--rounds 3"
@@ -97,6 +119,10 @@ else
     codec_args="-t 0.25 -r 3 -m 64"
     cmp_args="-t 0.25 -m 4" cmp_rounds=7
     cmp_codec_args="-t 0.25 -m 64" cmp_codec_rounds=5
+    snapshot_args="--snapshots 30 --write 256M --rounds 5 --runtime 3 --save-rounds 3 --busy-runtime 3"
+    layers_args="-t 0.2 -r 9"
+    volatile_args="-t 0.25 -r 5 -m 256"
+    power_args="--size 1G --write 256M --rounds 5 --fio-rounds 5 --runtime 3"
 fi
 # The golden image clone-bench.py and compress-bench.py build and keep
 # (benchlib.golden_image); store-bench -c reads its data from it.
@@ -151,6 +177,15 @@ part build-store-bench /dev/null $cc_store -Iplugin \
 part store-ram "$out/store-ram.txt" \
     "$out/store-bench" $store_args -m "$store_ram"
 part store-cache "$out/store-cache.txt" "$out/store-bench" $store_args -m 4
+# Snapshots in process: reads through 16 frozen layers beside one store,
+# and the request gate beside the bare store.
+part store-layers "$out/store-layers.txt" \
+    "$out/store-bench" $layers_args -m "$store_ram" -l 16 -p
+part store-gate "$out/store-gate.txt" \
+    "$out/store-bench" $layers_args -m "$store_ram" -g -p
+# A volatile device's write cache beside a plain store, and its flush.
+part store-volatile "$out/store-volatile.txt" \
+    "$out/store-bench" $volatile_args -V -p
 
 # The store of the baseline commit, when git has it: its tree into
 # $base, the list of its store sources from its own Makefile.
@@ -207,6 +242,11 @@ part clone /dev/null \
 part compress /dev/null \
     $PY bench/compress-bench.py $image_args $compress_args \
     --out "$out/compress.json"
+part snapshot /dev/null \
+    $PY bench/snapshot-bench.py $image_args $snapshot_args \
+    --out "$out/snapshot.json"
+part power /dev/null \
+    $PY bench/power-bench.py $power_args --out "$out/power.json"
 # The compressed store, filled with the image's data (text if the image
 # could not be made).
 codec_data=""
@@ -220,6 +260,24 @@ if [ -z "$base_skip" ]; then
         --out "$out/store-compare-codec.json" -- \
         -c zstd,lz4 $codec_data $cmp_codec_args
 fi
+
+# ---- Loading golden images as they ship (issue 16): load-bench.py.
+# The golden image as qcow2 and as compressed qcow2 (made once, kept
+# beside the image in $out/clone/) loaded with :format=qcow2, beside
+# qemu-img convert to /dev/shm + file=, qemu-img convert -n and nbdcopy
+# from qemu-nbd into a running memblock; time, every process's VmHWM,
+# /dev/shm and the memory held.  About 20 minutes on a busy 2-core
+# machine (3 rounds; once 1 more to make the compressed qcow2); --smoke:
+# about 30 s.
+if $smoke; then
+    load_args="--rounds 1 --verify"
+else
+    load_args="--rounds ${BENCH_LOAD_ROUNDS:-3}"
+fi
+rm -f "$out/load.json"
+part load /dev/null \
+    $PY bench/load-bench.py $image_args $load_args --out "$out/load.json"
+# ---- end of the load part.
 
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
 git diff --quiet HEAD -- plugin 2>/dev/null || rev="$rev with local changes"

@@ -34,8 +34,24 @@
  * distinct data (2 x -m MiB of it), not one MiB repeated.
  * -p adds each run's GiB/s to every line, as a comma list.
  *
+ * Two more modes measure what snapshots and the control socket cost the
+ * data path; they need the store of layer.c and gate.c (store.h's
+ * store_create_like, gate.h), so a build against an older store (the
+ * baseline of store-compare.py) has neither and refuses them:
+ *   -l N     reads only: "flat", one store, beside "layers", the top of a
+ *            chain of N frozen layers as N snapshots leave it: the first
+ *            layer holds the prefill, and after each snapshot
+ *            (store_create_like of the layer, which is then never written
+ *            again) LAYER_PERCENT % of the pages, at random, are
+ *            written into the new top; "flat" gets the same writes, so
+ *            both read the same bytes (checked on a sample of pages).
+ *   -g       "store", the bare store, beside "gate", the same store with
+ *            each request passing a gate as plugin/memblock.c does
+ *            (gate_enter, the call, gate_leave with its kind and bytes).
+ *   In both, the variants' order rotates each run.
+ *
  * Usage: store-bench [-t SECONDS] [-r RUNS] [-m MIB_PER_THREAD]
- *                    [-s | -c CODECS] [-d FILE] [-p]
+ *                    [-s | -c CODECS | -l LAYERS | -g] [-d FILE] [-p]
  * Output: one line per figure: "op bs threads variant gibps cpus [runs]".
  */
 
@@ -55,6 +71,12 @@
 #include <unistd.h>
 
 #include "store.h"
+#if __has_include("gate.h")
+#include "gate.h"
+#define HAVE_LAYERS 1           /* store_create_like and the gate */
+#else
+#define HAVE_LAYERS 0
+#endif
 
 #define MAX_THREADS 2
 #define BIG ((uint64_t) 1 << 20)
@@ -64,9 +86,11 @@
 #define PAGE 4096
 #define MAX_VARIANTS 3
 #define MAX_REPS 99
+#define MAX_LAYERS 64
+#define LAYER_PERCENT 3                 /* -l: pages written per layer */
 
 /* What a variant does, and the store it uses. */
-enum kind { K_MEMCPY, K_STORE, K_MUTEX };
+enum kind { K_MEMCPY, K_STORE, K_MUTEX, K_GATE };
 struct variant {
   const char *name;
   enum kind kind;
@@ -89,6 +113,9 @@ static unsigned char *zeroes;           /* BIG zero bytes */
 static uint64_t region;                 /* bytes per thread */
 static uint64_t zbase;
 static pthread_mutex_t global_lock = PTHREAD_MUTEX_INITIALIZER;
+#if HAVE_LAYERS
+static struct gate gate;                /* -g */
+#endif
 static atomic_bool stop;
 static pthread_barrier_t barrier;
 static int cpu_list[MAX_THREADS];
@@ -139,6 +166,19 @@ do_op (struct job *j, uint64_t base, uint64_t off, uint64_t n)
       memcpy (buf, p, j->bs);
     return;
   }
+#if HAVE_LAYERS
+  if (j->v->kind == K_GATE) {
+    /* As plugin/memblock.c's pread and pwrite. */
+    struct gate_stripe *st = gate_enter (&gate);
+    int r = write ? store_write (j->v->st, buf, j->bs, base + off)
+                  : store_read (j->v->st, buf, j->bs, base + off);
+
+    gate_leave (st, write ? GATE_WRITE : GATE_READ, j->bs);
+    if (r == -1)
+      die ("store");
+    return;
+  }
+#endif
   if (j->v->kind == K_MUTEX)
     pthread_mutex_lock (&global_lock);
   if ((write ? store_write (j->v->st, buf, j->bs, base + off)
@@ -378,9 +418,68 @@ static void
 usage (const char *prog)
 {
   fprintf (stderr, "usage: %s [-t SECONDS] [-r RUNS] [-m MIB] "
-           "[-s | -c CODECS] [-d FILE] [-p]\n", prog);
+           "[-s | -c CODECS | -l LAYERS | -g] [-d FILE] [-p]\n", prog);
   exit (2);
 }
+
+#if HAVE_LAYERS
+/* -l: LAYER_PERCENT % of the pages of [0, len), at random (seed), written
+ * into st with 4 KiB of buf's successive pages.
+ */
+static void
+write_some (struct store *st, uint64_t len, uint64_t seed,
+            const unsigned char *buf)
+{
+  uint64_t pages = len / PAGE, n = pages * LAYER_PERCENT / 100;
+  uint64_t x = 0x9e3779b97f4a7c15ULL ^ (seed * 0xbf58476d1ce4e5b9ULL);
+
+  for (uint64_t i = 0; i < n; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    if (store_write (st, buf + (i % (BIG / PAGE)) * PAGE, PAGE,
+                     (x % pages) * PAGE) == -1)
+      die ("store_write");
+  }
+}
+
+/* -l: the chain of n frozen layers over base, flat getting the same
+ * writes; returns the top.  layers[] keeps every store made, to free.
+ */
+static struct store *
+make_chain (struct store *base, struct store *flat, int n, uint64_t len,
+            const unsigned char *buf, struct store **layers)
+{
+  struct store *top = base;
+  unsigned char *a = malloc (PAGE), *b = malloc (PAGE);
+  uint64_t x = 12345;
+
+  for (int i = 0; i < n; i++) {
+    if ((layers[i] = top = store_create_like (top)) == NULL)
+      die ("store_create_like");
+    write_some (top, len, i + 1, buf);
+    write_some (flat, len, i + 1, buf);
+  }
+  /* Both read the same bytes. */
+  if (a == NULL || b == NULL)
+    die ("malloc");
+  for (int i = 0; i < 4096; i++) {
+    uint64_t off;
+
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    off = (x % (len / PAGE)) * PAGE;
+    if (store_read (top, a, PAGE, off) == -1 ||
+        store_read (flat, b, PAGE, off) == -1)
+      die ("store_read");
+    if (memcmp (a, b, PAGE) != 0) {
+      fprintf (stderr, "store-bench: -l: layers and flat differ at %llu\n",
+               (unsigned long long) off);
+      exit (1);
+    }
+  }
+  free (a);
+  free (b);
+  return top;
+}
+#endif
 
 int
 main (int argc, char **argv)
@@ -393,10 +492,12 @@ main (int argc, char **argv)
   /* res[threads-1][op][size][variant][rep] */
   static struct figure res[MAX_THREADS][NOPS][2][MAX_VARIANTS][MAX_REPS];
   const char *codecs = NULL, *datafile = NULL;
-  bool store_only = false, full;
+  bool store_only = false, full, gated = false;
+  int nlayers = 0, last_op = OP_WRITE;
+  struct store *layers[MAX_LAYERS];
   cpu_set_t set;
 
-  while ((opt = getopt (argc, argv, "t:r:m:sc:d:p")) != -1) {
+  while ((opt = getopt (argc, argv, "t:r:m:sc:d:pl:g")) != -1) {
     switch (opt) {
     case 't': secs = atof (optarg); break;
     case 'r': reps = atoi (optarg); break;
@@ -405,16 +506,25 @@ main (int argc, char **argv)
     case 'c': codecs = optarg; break;
     case 'd': datafile = optarg; break;
     case 'p': print_runs = true; break;
+    case 'l': nlayers = atoi (optarg); break;
+    case 'g': gated = true; break;
     default: usage (argv[0]);
     }
   }
-  if (optind != argc || (store_only && codecs))
+  if (optind != argc ||
+      (store_only + (codecs != NULL) + (nlayers != 0) + gated) > 1 ||
+      nlayers < 0 || nlayers > MAX_LAYERS)
     usage (argv[0]);
+  if (!HAVE_LAYERS && (nlayers || gated)) {
+    fprintf (stderr, "%s: -l and -g need a store with layers and gates "
+             "(gate.h)\n", argv[0]);
+    return 2;
+  }
   if (reps < 1 || reps > MAX_REPS || mib < 1 || mib > (1 << 20) || secs <= 0) {
     fprintf (stderr, "%s: bad arguments\n", argv[0]);
     return 2;
   }
-  full = !store_only && codecs == NULL;
+  full = !store_only && codecs == NULL && !nlayers && !gated;
 
   /* Threads go to the first CPUs we may use (the same one if only one). */
   if (sched_getaffinity (0, sizeof set, &set) == -1)
@@ -427,6 +537,22 @@ main (int argc, char **argv)
 
   region = mib << 20;
   zbase = (region * MAX_THREADS + CHUNK - 1) & ~(CHUNK - 1);
+#if HAVE_LAYERS
+  if (nlayers) {
+    stores[nstores++] = new_store ();   /* the chain's first layer */
+    stores[nstores++] = new_store ();
+    add_variant ("flat", K_STORE, stores[1]);
+    add_variant ("layers", K_STORE, NULL);      /* once the chain is made */
+    last_op = OP_READ;
+  }
+  else if (gated) {
+    stores[nstores++] = new_store ();
+    gate_init (&gate);
+    add_variant ("store", K_STORE, stores[0]);
+    add_variant ("gate", K_GATE, stores[0]);
+  }
+  else
+#endif
   if (codecs == NULL) {
     stores[nstores++] = new_store ();
     if (full)
@@ -512,14 +638,23 @@ main (int argc, char **argv)
   if (codecs != NULL)
     printf ("data %s\n", datafile != NULL ? datafile : "text");
   written = store_allocated (stores[0]);
+#if HAVE_LAYERS
+  if (nlayers)
+    variants[1].st = make_chain (stores[0], stores[1], nlayers,
+                                 region * MAX_THREADS, bufs[1], layers);
+#endif
 
   for (int r = 0; r < reps; r++) {
     for (int t = 1; t <= MAX_THREADS; t++)
-      for (int o = OP_READ; o <= OP_WRITE; o++)
+      for (int o = OP_READ; o <= last_op; o++)
         for (int s = 0; s < 2; s++)
-          for (int v = 0; v < nvariants; v++)
+          for (int k = 0; k < nvariants; k++) {
+            /* -l and -g: the order rotates each run. */
+            int v = (nlayers || gated) ? (k + r) % nvariants : k;
+
             res[t - 1][o][s][v][r] = run (t, o, sizes[s], &variants[v], secs,
                                           bufs, pool != NULL);
+          }
     if (!full)
       continue;
     /* variants: memcpy, store, mutex */
@@ -531,7 +666,7 @@ main (int argc, char **argv)
       run (1, OP_ZWRITE_CHUNK, BIG, &variants[1], secs, bufs, false);
   }
 
-  for (int o = OP_READ; o <= OP_WRITE; o++)
+  for (int o = OP_READ; o <= last_op; o++)
     for (int s = 0; s < 2; s++)
       for (int t = 1; t <= MAX_THREADS; t++)
         for (int v = 0; v < nvariants; v++)
@@ -551,8 +686,14 @@ main (int argc, char **argv)
       return 1;
     }
   }
+  for (int k = nlayers - 1; k >= 0; k--)
+    store_destroy (layers[k]);
   for (int k = 0; k < nstores; k++)
     store_destroy (stores[k]);
+#if HAVE_LAYERS
+  if (gated)
+    gate_destroy (&gate);
+#endif
   if (plain != NULL)
     munmap (plain, plain_size);
   free (zeroes);

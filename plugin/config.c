@@ -29,6 +29,17 @@ enum { SEEN_SIZE = 1, SEEN_CHUNK = 2, SEEN_MAXMEM = 4, SEEN_DYNAMIC = 8,
        SEEN_MAXDEV = 16, SEEN_COMPRESS = 32, SEEN_MLOCK = 64,
        SEEN_CONTROL = 128, SEEN_GRACE = 256 };
 
+/* Whether value is 1 to max digits, so that nbdkit_parse_unsigned
+ * will not log a refusal of its own (one line per bad parameter).
+ */
+static bool
+config_digits (const char *value, size_t max)
+{
+  size_t n = strspn (value, "0123456789");
+
+  return n >= 1 && n <= max && value[n] == '\0';
+}
+
 /* Refuse key if it was already given; else remember it. */
 static int
 config_once (const char *key, unsigned bit)
@@ -133,7 +144,8 @@ config_set (const char *key, const char *value)
     unsigned n;
     if (config_once (key, SEEN_MAXDEV) == -1)
       return -1;
-    if (nbdkit_parse_unsigned (key, value, &n) == -1 ||
+    if (!config_digits (value, 5) ||
+        nbdkit_parse_unsigned (key, value, &n) == -1 ||
         n < 1 || n > CONFIG_MAX_DEVICES_LIMIT) {
       nbdkit_error ("max-devices=%s: expected a number from 1 to %d",
                     value, CONFIG_MAX_DEVICES_LIMIT);
@@ -179,7 +191,8 @@ config_set (const char *key, const char *value)
     unsigned n;
     if (config_once (key, SEEN_GRACE) == -1)
       return -1;
-    if (nbdkit_parse_unsigned (key, value, &n) == -1 ||
+    if (!config_digits (value, 5) ||
+        nbdkit_parse_unsigned (key, value, &n) == -1 ||
         n > CONFIG_MAX_TEMP_GRACE) {
       nbdkit_error ("temp-grace=%s: expected seconds from 0 to %d",
                     value, CONFIG_MAX_TEMP_GRACE);

@@ -54,6 +54,8 @@ static int connect_check_persist (const struct connect *c, const char *what);
 static int connect_uri (const char *uri, enum connect_origin origin,
                         const char *what, struct connect *c);
 static int connect_check_source (const struct connect *c, const char *what);
+static int connect_clash (const char *rest, const char *own,
+                          const char *what);
 
 /* Printable, length-limited form of untrusted s for log messages. */
 const char *
@@ -113,22 +115,22 @@ connect_check_name (const char *name, size_t len, const char *what)
   size_t i, n;
 
   if (len == 0) {
-    nbdkit_error ("%s: the device name is empty", what);
+    report_error ("%s: the device name is empty", what);
     return -1;
   }
   if (len > CONNECT_NAME_MAX) {
-    nbdkit_error ("%s: the device name is longer than %d bytes",
+    report_error ("%s: the device name is longer than %d bytes",
                   what, CONNECT_NAME_MAX);
     return -1;
   }
   for (i = 0; i < len; i += n) {
     if (name[i] == '/') {
-      nbdkit_error ("%s: the device name may not contain '/'", what);
+      report_error ("%s: the device name may not contain '/'", what);
       return -1;
     }
     n = connect_utf8_char ((const unsigned char *) name + i);
     if (n == 0 || i + n > len) {
-      nbdkit_error ("%s: the device name has a control character or "
+      report_error ("%s: the device name has a control character or "
                     "is not valid UTF-8", what);
       return -1;
     }
@@ -143,7 +145,7 @@ connect_option (const char *opt, size_t len, const char *what,
 {
   if (len == 8 && strncmp (opt, "volatile", 8) == 0) {
     if (c->vol) {
-      nbdkit_error ("%s: ':volatile' given twice", what);
+      report_error ("%s: ':volatile' given twice", what);
       return -1;
     }
     c->vol = true;
@@ -151,7 +153,7 @@ connect_option (const char *opt, size_t len, const char *what,
   }
   if (len == 4 && strncmp (opt, "temp", 4) == 0) {
     if (c->temp) {
-      nbdkit_error ("%s: ':temp' given twice", what);
+      report_error ("%s: ':temp' given twice", what);
       return -1;
     }
     c->temp = true;
@@ -162,24 +164,24 @@ connect_option (const char *opt, size_t len, const char *what,
     enum codec codec;
 
     if (c->compress != -1) {
-      nbdkit_error ("%s: ':compress=' given twice", what);
+      report_error ("%s: ':compress=' given twice", what);
       return -1;
     }
     snprintf (value, sizeof value, "%.*s", (int) (len - 9), opt + 9);
     if (len - 9 >= sizeof value || codec_parse (value, &codec) == -1) {
-      nbdkit_error ("%s: ':compress=' takes zstd, lz4 or none", what);
+      report_error ("%s: ':compress=' takes zstd, lz4 or none", what);
       return -1;
     }
     c->compress = codec;
     return 0;
   }
-  if (len > 7 && strncmp (opt, "format=", 7) == 0) {
+  if (len >= 7 && strncmp (opt, "format=", 7) == 0) {
     if (c->format[0]) {
-      nbdkit_error ("%s: ':format=' given twice", what);
+      report_error ("%s: ':format=' given twice", what);
       return -1;
     }
     if (len - 7 > CONNECT_FORMAT_MAX) {
-      nbdkit_error ("%s: ':format=': no format has so long a name", what);
+      report_error ("%s: ':format=': no format has so long a name", what);
       return -1;
     }
     memcpy (c->format, opt + 7, len - 7);
@@ -188,7 +190,7 @@ connect_option (const char *opt, size_t len, const char *what,
   }
   if (len > 5 && strncmp (opt, "from=", 5) == 0) {
     if (c->from[0]) {
-      nbdkit_error ("%s: ':from=' given twice", what);
+      report_error ("%s: ':from=' given twice", what);
       return -1;
     }
     if (connect_check_name (opt + 5, len - 5, what) == -1)
@@ -209,14 +211,14 @@ connect_option_size (const char *opt, size_t len, const char *what,
   int ro;
 
   if (len == 0) {
-    nbdkit_error ("%s: empty option (a stray ':')", what);
+    report_error ("%s: empty option (a stray ':')", what);
     return -1;
   }
   if ((len == 2 && strncmp (opt, "ro", 2) == 0) ||
       (len == 2 && strncmp (opt, "rw", 2) == 0)) {
     ro = opt[1] == 'o';
     if (c->readonly != -1) {
-      nbdkit_error ("%s: ':ro' and ':rw' may appear only once, "
+      report_error ("%s: ':ro' and ':rw' may appear only once, "
                     "and not together", what);
       return -1;
     }
@@ -225,26 +227,27 @@ connect_option_size (const char *opt, size_t len, const char *what,
   }
   if (len > 5 && strncmp (opt, "size=", 5) == 0) {
     if (c->size != -1) {
-      nbdkit_error ("%s: ':size=' given twice", what);
+      report_error ("%s: ':size=' given twice", what);
       return -1;
     }
     if (len - 5 >= sizeof value) {
-      nbdkit_error ("%s: the size is too long to be a number", what);
+      report_error ("%s: the size is too long to be a number", what);
       return -1;
     }
     memcpy (value, opt + 5, len - 5);
     value[len - 5] = '\0';
     c->size = nbdkit_parse_size (value);
     if (c->size == -1) {
-      nbdkit_error ("%s: bad size '%s'", what,
+      report_error ("%s: bad size '%s'", what,
                     connect_quote (value, buf, sizeof buf));
       return -1;
     }
     return 0;
   }
   snprintf (value, sizeof value, "%.*s", (int) (len < 40 ? len : 40), opt);
-  nbdkit_error ("%s: unknown option '%s' (expected ro, rw, size=SIZE, "
-                "from=SOURCE, temp, volatile, compress=C, format=FMT, file=PATH, "
+  report_error ("%s: unknown option '%s' (expected ro, rw, size=SIZE, "
+                "from=SOURCE, temp, volatile, compress=C, format=FMT, "
+                "file=PATH, "
                 "persist=PATH or nbd=URI)",
                 what, connect_quote (value, buf, sizeof buf));
   return -1;
@@ -293,13 +296,13 @@ connect_parse (const char *str, enum connect_origin origin, struct connect *c)
       return -1;
   }
   if (c->from[0] && c->size != -1) {
-    nbdkit_error ("%s: ':size=' cannot go with ':from=' (a clone has its "
+    report_error ("%s: ':size=' cannot go with ':from=' (a clone has its "
                   "source's size)", what);
     connect_free (c);
     return -1;
   }
   if (c->from[0] && c->file) {
-    nbdkit_error ("%s: ':from=' and ':file=' cannot go together", what);
+    report_error ("%s: ':from=' and ':file=' cannot go together", what);
     connect_free (c);
     return -1;
   }
@@ -351,7 +354,7 @@ connect_check_source (const struct connect *c, const char *what)
     why = "':nbd=' cannot go with ':file=' or ':persist='";
   if (why == NULL)
     return 0;
-  nbdkit_error ("%s: %s", what, why);
+  report_error ("%s: %s", what, why);
   return -1;
 }
 
@@ -361,17 +364,43 @@ connect_uri (const char *uri, enum connect_origin origin, const char *what,
              struct connect *c)
 {
   if (origin == CONNECT_CLIENT) {
-    nbdkit_error ("%s: ':nbd=' is for the command line only", what);
+    report_error ("%s: ':nbd=' is for the command line only", what);
     return -1;
   }
   if (*uri == '\0') {
-    nbdkit_error ("%s: ':nbd=' needs a URI", what);
+    report_error ("%s: ':nbd=' needs a URI", what);
     return -1;
   }
+  if (connect_clash (uri, "nbd=", what) == -1)
+    return -1;
   c->uri = strdup (uri);
   if (c->uri == NULL) {
-    nbdkit_error ("strdup: %m");
+    report_error ("strdup: %m");
     return -1;
+  }
+  return 0;
+}
+
+/* The options that take the rest of the string: they exclude each
+ * other, so the rest of one (rest, after ':own') must not hold another.
+ * -1 after logging if it does.
+ */
+static int
+connect_clash (const char *rest, const char *own, const char *what)
+{
+  static const char *const last[] = { "file=", "persist=", "nbd=" };
+  char marker[16];
+  size_t i;
+
+  for (i = 0; i < sizeof last / sizeof last[0]; i++) {
+    if (strcmp (last[i], own) == 0)
+      continue;
+    snprintf (marker, sizeof marker, ":%s", last[i]);
+    if (strstr (rest, marker)) {
+      report_error ("%s: ':%s' and ':%s' cannot go together (each takes "
+                    "the rest of the string)", what, own, last[i]);
+      return -1;
+    }
   }
   return 0;
 }
@@ -391,7 +420,7 @@ connect_check_persist (const struct connect *c, const char *what)
           "until exit)";
   if (why == NULL)
     return 0;
-  nbdkit_error ("%s: ':persist=' %s", what, why);
+  report_error ("%s: ':persist=' %s", what, why);
   return -1;
 }
 
@@ -403,18 +432,15 @@ connect_persist (const char *path, enum connect_origin origin,
                  const char *what, struct connect *c)
 {
   if (origin == CONNECT_CLIENT) {
-    nbdkit_error ("%s: ':persist=' is for the command line only", what);
+    report_error ("%s: ':persist=' is for the command line only", what);
     return -1;
   }
   if (*path == '\0') {
-    nbdkit_error ("%s: ':persist=' needs a path", what);
+    report_error ("%s: ':persist=' needs a path", what);
     return -1;
   }
-  if (strstr (path, ":file=")) {
-    nbdkit_error ("%s: ':persist=' and ':file=' cannot go together (the "
-                  "device is loaded from its :persist= path)", what);
+  if (connect_clash (path, "persist=", what) == -1)
     return -1;
-  }
   c->persist = nbdkit_absolute_path (path);   /* NULL: it logged why */
   return c->persist ? 0 : -1;
 }
@@ -425,21 +451,18 @@ connect_file (const char *path, enum connect_origin origin, const char *what,
               struct connect *c)
 {
   if (origin == CONNECT_CLIENT) {
-    nbdkit_error ("%s: ':file=' is for the command line only", what);
+    report_error ("%s: ':file=' is for the command line only", what);
     return -1;
   }
   if (*path == '\0') {
-    nbdkit_error ("%s: ':file=' needs a path", what);
+    report_error ("%s: ':file=' needs a path", what);
     return -1;
   }
-  if (strstr (path, ":persist=")) {
-    nbdkit_error ("%s: ':persist=' and ':file=' cannot go together (the "
-                  "device is loaded from its :persist= path)", what);
+  if (connect_clash (path, "file=", what) == -1)
     return -1;
-  }
   c->file = strdup (path);
   if (c->file == NULL) {
-    nbdkit_error ("strdup: %m");
+    report_error ("strdup: %m");
     return -1;
   }
   return 0;

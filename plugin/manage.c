@@ -285,7 +285,11 @@ manage_fold_one (void)
       struct device **readers;
       size_t nr, k;
 
-      if (store_refs (parent) != 1 || manage_is_device_store (parent))
+      /* A clone may keep its data with another codec than its source:
+       * folding would give the device the source's.
+       */
+      if (store_refs (parent) != 1 || manage_is_device_store (parent) ||
+          store_codec (parent) != store_codec (child))
         continue;
       if ((readers = manage_readers (child, &nr)) == NULL)
         return false;
@@ -766,8 +770,12 @@ manage_reap_expired (void)
   for (i = n; i-- > 0; ) {
     struct device *d = table[i];
 
+    struct timespec due = d->closed_at;
+
+    due.tv_sec += config.temp_grace;
     if (registry_unused (d) &&
-        now.tv_sec - d->closed_at.tv_sec >= (time_t) config.temp_grace) {
+        (now.tv_sec > due.tv_sec ||
+         (now.tv_sec == due.tv_sec && now.tv_nsec >= due.tv_nsec))) {
       registry_reap (d);
       manage_tidy ();
       table = registry_table (&n);

@@ -56,6 +56,7 @@ memblock_unload (void)
 {
   control_stop ();
   manage_stop ();
+  vol_stop ();
   save_persist_all ();
   registry_free ();
   config_free ();
@@ -475,12 +476,15 @@ static int
 memblock_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   struct handle *h = handle;
+  struct gate_stripe *st = gate_enter (&h->dev->gate);
+  bool cut = memblock_cut_off (h);
 
+  gate_leave (st, GATE_OTHER, 0);
   h->used = true;
   (void) count;
   (void) offset;
   (void) flags;
-  return 0;
+  return cut ? -1 : 0;
 }
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL

@@ -92,33 +92,26 @@ struct device *
 registry_make (const char *name, uint64_t size, bool readonly, bool temp,
                struct device *source, int compress)
 {
-  struct device *dev = calloc (1, sizeof *dev);
-
-  if (dev == NULL) {
-    report_error ("calloc: %m");
-    return NULL;
-  }
-  strcpy (dev->name, name);
-  connect_quote (name, dev->label, sizeof dev->label);
-  dev->readonly = readonly;
-  dev->temp = temp;
-  dev->source = source;
-  dev->store = source
+  char label[CONNECT_QUOTE_MAX];
+  struct device *dev;
+  struct store *s = source
     ? store_create_clone (source->store, &registry_limit)
     : store_create (size, config.chunk_shift, &registry_limit);
-  if (dev->store == NULL ||
-      store_set_codec (dev->store,
-                       compress == -1 ? config.compress
-                                      : (enum codec) compress) == -1 ||
-      (config.mlock && store_set_mlock (dev->store) == -1)) {
-    report_error ("cannot create device '%s': %m", dev->label);
-    store_destroy (dev->store);
-    free (dev);
+
+  if (s == NULL ||
+      store_set_codec (s, compress == -1 ? config.compress
+                                         : (enum codec) compress) == -1 ||
+      (config.mlock && store_set_mlock (s) == -1)) {
+    report_error ("cannot create device '%s': %m",
+                  connect_quote (name, label, sizeof label));
+    store_destroy (s);
     return NULL;
   }
-  if (source)
-    source->clones++;
-  gate_init (&dev->gate);
+  if ((dev = registry_wrap (name, s, readonly, source)) == NULL) {
+    store_destroy (s);
+    return NULL;
+  }
+  dev->temp = temp;
   return dev;
 }
 

@@ -16,11 +16,16 @@
  *   N1  The source's base:allocation block status says where its holes
  *       and zero extents are; they are neither read nor stored.  A
  *       server without it is read whole, and the store still keeps no
- *       all-zero page (store_fill).
- *   N2  Up to SOURCE_MAX_CONNS connections read at once, each its own
- *       thread taking every Nth stripe of SOURCE_STRIPE bytes: one
- *       qemu-nbd each for a file (they decode in parallel), or several
- *       connections to a server that allows multi-conn (one otherwise).
+ *       all-zero page.
+ *   N2  Up to two connections per CPU (at most SOURCE_MAX_CONNS) read
+ *       at once, each its own thread taking every Nth stripe of
+ *       SOURCE_STRIPE bytes, so that one decodes while another fills
+ *       the store: one qemu-nbd each for a file (they decode in
+ *       parallel), or several connections to a server that allows
+ *       multi-conn (one otherwise).  Each keeps SOURCE_DEPTH reads in
+ *       flight into buffers of its own, and writes each to the store as
+ *       it completes (store_write keeps no all-zero page); libnbd does
+ *       not clear them first.
  *   N3  A load that fails part way (EIO from the server, qemu-nbd
  *       killed, max-memory reached) fails whole: the caller destroys
  *       the device, so nothing half-loaded is ever served.
@@ -54,9 +59,10 @@
 #include "report.h"
 #include "source.h"
 
-#define SOURCE_MAX_CONNS 4
+#define SOURCE_MAX_CONNS 8
 #define SOURCE_STRIPE ((uint64_t) 64 << 20)   /* a thread's share at a time */
-#define SOURCE_READ ((uint64_t) 4 << 20)      /* bytes per nbd_pread */
+#define SOURCE_READ ((uint64_t) 1 << 20)      /* bytes per read */
+#define SOURCE_DEPTH 4                        /* reads in flight, each */
 #define SOURCE_EXTENTS 1024                   /* extents per block status */
 #define SOURCE_INFO_MAX ((size_t) 1 << 20)    /* qemu-img info's output */
 
@@ -333,7 +339,8 @@ source_handle (struct source *src, const char *what)
     report_error ("%s: %s: %s", what, src->label, nbd_get_error ());
     return NULL;
   }
-  if (nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1) {
+  if (nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
+      nbd_set_pread_initialize (h, false) == -1) {
     report_error ("%s: %s: %s", what, src->label, nbd_get_error ());
     nbd_close (h);
     return NULL;
@@ -450,7 +457,8 @@ source_open (const struct source_spec *spec, const char *what, uint64_t *size)
   if (source_connect (src, 0, spec, what) == -1)
     goto fail;
   /* N2: a server must allow multi-conn; each qemu-nbd is our own. */
-  want = cpus < 1 ? 1 : cpus > SOURCE_MAX_CONNS ? SOURCE_MAX_CONNS : cpus;
+  want = cpus < 1 ? 2 : 2 * cpus > SOURCE_MAX_CONNS ? SOURCE_MAX_CONNS
+                                                    : 2 * cpus;
   if ((src->size + SOURCE_STRIPE - 1) / SOURCE_STRIPE < want)
     want = (src->size + SOURCE_STRIPE - 1) / SOURCE_STRIPE;
   if (spec->uri && nbd_can_multi_conn (src->h[0]) != 1)
@@ -520,33 +528,93 @@ source_extent_cb (void *opaque, const char *context, uint64_t offset,
   return 0;
 }
 
-/* What store_fill's callback needs. */
-struct source_read {
+/* One connection's reads in flight: SOURCE_DEPTH buffers of
+ * SOURCE_READ bytes, each written to the store when its read completes.
+ */
+struct source_pipe {
+  struct source_job *j;
   struct nbd_handle *h;
-  char msg[512];
+  unsigned inflight;
+  struct source_slot {
+    struct source_pipe *p;
+    unsigned char *buf;
+    uint64_t offset, len;
+    bool busy;
+  } slot[SOURCE_DEPTH];
 };
 
-/* store_fill callback: read len bytes at offset from the server. */
+/* Completion of a read: store its data (or record its failure). */
 static int
-source_pread (void *opaque, void *buf, uint64_t len, uint64_t offset)
+source_done (void *opaque, int *error)
 {
-  struct source_read *r = opaque;
+  struct source_slot *sl = opaque;
+  struct source_job *j = sl->p->j;
+  char msg[128];
 
-  if (nbd_pread (r->h, buf, len, offset, 0) == -1) {
-    snprintf (r->msg, sizeof r->msg, "%s", nbd_get_error ());
-    errno = nbd_get_errno () ? nbd_get_errno () : EIO;
+  if (*error != 0) {
+    snprintf (msg, sizeof msg, "read of %" PRIu64 " bytes at %" PRIu64
+              ": %s", sl->len, sl->offset, strerror (*error));
+    source_fail (j, *error, msg);
+  }
+  else if (!j->failed && store_write (j->s, sl->buf, sl->len,
+                                      sl->offset) == -1)
+    source_fail (j, errno, errno == ENOSPC
+                 ? "the data does not fit under max-memory"
+                 : strerror (errno));
+  else
+    *j->done += sl->len;
+  sl->busy = false;
+  sl->p->inflight--;
+  return 1;                     /* retire the command */
+}
+
+/* Wait for a read to complete; -1 if the connection failed. */
+static int
+source_poll (struct source_pipe *p)
+{
+  if (nbd_poll (p->h, -1) == -1) {
+    source_fail (p->j, nbd_get_errno (), nbd_get_error ());
     return -1;
   }
   return 0;
 }
 
-/* Copy [from, to) of the source's data through handle h (N1). */
+/* Start reading [at, at+n) (n <= SOURCE_READ) into a free buffer. */
 static int
-source_copy (struct source_job *j, struct nbd_handle *h, uint64_t from,
-             uint64_t to)
+source_issue (struct source_pipe *p, uint64_t at, uint64_t n)
 {
+  struct source_slot *sl = NULL;
+
+  while (p->inflight == SOURCE_DEPTH)
+    if (source_poll (p) == -1)
+      return -1;
+  for (unsigned k = 0; sl == NULL; k++)
+    if (!p->slot[k].busy)
+      sl = &p->slot[k];
+  sl->offset = at;
+  sl->len = n;
+  sl->busy = true;
+  p->inflight++;
+  if (nbd_aio_pread (p->h, sl->buf, n, at,
+                     (nbd_completion_callback) { .callback = source_done,
+                                                 .user_data = sl }, 0)
+      == -1) {
+    sl->busy = false;
+    p->inflight--;
+    source_fail (p->j, nbd_get_errno (), nbd_get_error ());
+    return -1;
+  }
+  return 0;
+}
+
+/* Copy [from, to) of the source's data through p's connection (N1, N2),
+ * keeping up to SOURCE_DEPTH reads in flight.
+ */
+static int
+source_copy (struct source_pipe *p, uint64_t from, uint64_t to)
+{
+  struct source_job *j = p->j;
   struct source_extents *x = malloc (sizeof *x);
-  struct source_read rd = { .h = h };
   size_t i;
 
   if (x == NULL) {
@@ -557,7 +625,7 @@ source_copy (struct source_job *j, struct nbd_handle *h, uint64_t from,
     x->n = 0;
     if (!j->src->allocation)
       x->e[x->n++] = (struct source_extent) { from, to - from, false };
-    else if (nbd_block_status (h, to - from, from,
+    else if (nbd_block_status (p->h, to - from, from,
                                (nbd_extent_callback) {
                                  .callback = source_extent_cb,
                                  .user_data = x }, 0) == -1) {
@@ -573,30 +641,20 @@ source_copy (struct source_job *j, struct nbd_handle *h, uint64_t from,
 
       if (end > to)
         end = to;
-      if (!x->e[i].zero) {
-        while (at < end && !j->failed) {
-          uint64_t n = end - at < SOURCE_READ ? end - at : SOURCE_READ;
-
-          if (store_fill (j->s, n, at, source_pread, &rd) == -1) {
-            int e = errno;
-
-            if (rd.msg[0])
-              source_fail (j, e, rd.msg);
-            else if (e == ENOSPC)
-              source_fail (j, e, "the data does not fit under max-memory");
-            else
-              source_fail (j, e, strerror (e));
-            break;
-          }
-          at += n;
-          *j->done += n;
-        }
-      }
-      else
+      if (x->e[i].zero)
         *j->done += end - at;
+      while (!x->e[i].zero && at < end && !j->failed) {
+        uint64_t n = end - at < SOURCE_READ ? end - at : SOURCE_READ;
+
+        if (source_issue (p, at, n) == -1)
+          break;
+        at += n;
+      }
       from = end;
     }
   }
+  while (p->inflight > 0 && source_poll (p) == 0)
+    ;
   free (x);
   return j->failed ? -1 : 0;
 }
@@ -608,15 +666,24 @@ source_thread (void *arg)
   struct source_worker *w = arg;
   struct source_job *j = w->j;
   uint64_t size = j->src->size;
+  struct source_pipe p = { .j = j, .h = j->src->h[w->index] };
+  unsigned k;
 
+  for (k = 0; k < SOURCE_DEPTH; k++) {
+    p.slot[k].p = &p;
+    if ((p.slot[k].buf = malloc (SOURCE_READ)) == NULL)
+      source_fail (j, errno, "malloc");
+  }
   for (uint64_t stripe = w->index; stripe * SOURCE_STRIPE < size &&
          !j->failed; stripe += j->src->nconns) {
     uint64_t from = stripe * SOURCE_STRIPE;
     uint64_t to = size - from > SOURCE_STRIPE ? from + SOURCE_STRIPE : size;
 
-    if (source_copy (j, j->src->h[w->index], from, to) == -1)
+    if (source_copy (&p, from, to) == -1)
       break;
   }
+  for (k = 0; k < SOURCE_DEPTH; k++)
+    free (p.slot[k].buf);
   pthread_mutex_lock (&j->lock);
   j->running--;
   pthread_cond_signal (&j->cond);

@@ -158,29 +158,74 @@ store_destroy (struct store *s)
   }
 }
 
-/* Drop every page s holds itself, so that it reads as its source again
- * (a volatile layer after a flush or a power cut).  No request may be
- * inside s: its device's gate is closed.  0, or -1 with errno (ENOMEM)
- * and s unchanged.
+/* What store_forget_detach took out of a store: its chunks and their
+ * memory, still counted against the limit until store_husk_free.
  */
-int
-store_forget (struct store *s)
-{
-  struct chunkdir fresh;
+struct store_husk {
+  struct store *s;              /* held, for its backend's chunk_free */
+  struct chunkdir dir;
+  struct arena arena;
+  uint64_t bytes;               /* held + meta, for the limit */
+};
 
-  if (chunkdir_init (&fresh, s->dir.nchunks) == -1)
-    return -1;
-  if (s->limit)
-    atomic_fetch_sub (&s->limit->used,
-                      atomic_load (&s->held) + atomic_load (&s->meta));
-  chunkdir_free (&s->dir, store_free_chunk, s);
-  arena_free (&s->arena);
+/* Take every page s holds itself out of it in O(1), so that it reads
+ * as its source again (a volatile layer after a flush or a power cut);
+ * the pages are freed by store_husk_free, which may run later, outside
+ * the gate.  No request may be inside s: its device's gate is closed.
+ * NULL with errno (ENOMEM) and s unchanged.
+ */
+struct store_husk *
+store_forget_detach (struct store *s)
+{
+  struct store_husk *h = malloc (sizeof *h);
+
+  if (h == NULL)
+    return NULL;
+  if (chunkdir_init (&h->dir, s->dir.nchunks) == -1) {
+    free (h);
+    return NULL;
+  }
+  /* Swap: the husk takes the full directory and arena, s the empty. */
+  struct chunkdir fresh = h->dir;
+
+  h->dir = s->dir;
+  h->arena = s->arena;
+  h->bytes = atomic_load (&s->held) + atomic_load (&s->meta);
+  h->s = store_ref (s);
   s->dir = fresh;
   arena_init (&s->arena, s->ops->slot_bytes (s), fresh.nchunks);
   atomic_store (&s->data, 0);
   atomic_store (&s->held, 0);
   atomic_store (&s->meta, 0);
   atomic_store (&s->chunks, 0);
+  return h;
+}
+
+/* Free what store_forget_detach took, and give it back to the limit. */
+void
+store_husk_free (struct store_husk *h)
+{
+  if (h == NULL)
+    return;
+  chunkdir_free (&h->dir, store_free_chunk, h->s);
+  arena_free (&h->arena);
+  if (h->s->limit)
+    atomic_fetch_sub (&h->s->limit->used, h->bytes);
+  store_destroy (h->s);
+  free (h);
+}
+
+/* Drop every page s holds itself at once (store_forget_detach, then
+ * store_husk_free).  0, or -1 with errno and s unchanged.
+ */
+int
+store_forget (struct store *s)
+{
+  struct store_husk *h = store_forget_detach (s);
+
+  if (h == NULL)
+    return -1;
+  store_husk_free (h);
   return 0;
 }
 

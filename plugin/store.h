@@ -48,6 +48,9 @@ extern unsigned store_refs (const struct store *s);
 extern struct store *store_create_like (struct store *s);
 extern int store_fold (struct store *child);
 extern int store_forget (struct store *s);
+struct store_husk;
+extern struct store_husk *store_forget_detach (struct store *s);
+extern void store_husk_free (struct store_husk *h);
 /* Whether a power cut keeps the unit-sized block at offset (volatile.c). */
 typedef bool (*store_keep_fn) (void *opaque, uint64_t offset);
 extern int store_fold_some (struct store *child, unsigned unit,

@@ -35,6 +35,13 @@
  *       writes it kept whole, in part or not at all.  A flush or a cut
  *       empties the log.  The log and the counts are under v->lock, a
  *       lock of this device only.
+ *   V6  A flush or a cut takes the cache's pages out in O(1) with the
+ *       gate closed (store_forget_detach) and frees them after it
+ *       opens, on the reclaimer thread (vol_reclaim), so neither the
+ *       requests waiting at the gate nor the control call's reply wait
+ *       for the kernel to unmap them.  They stay counted against
+ *       max-memory until freed.  vol_stop (at unload) frees what is
+ *       left and joins the thread.
  *
  * With keep=random each unit-sized block of the cache's own pages is
  * kept or not by a hash of the seed and the block's index, so the same
@@ -44,6 +51,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,6 +83,89 @@ struct vol {
   struct vol_cut arm;
   struct vol_result last;
 };
+
+/* Caches' pages waiting to be freed (V6), and the thread freeing them. */
+struct vol_husks {
+  struct store_husk *h;
+  struct vol_husks *next;
+};
+static pthread_mutex_t vol_reclaim_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t vol_reclaim_cond = PTHREAD_COND_INITIALIZER;
+static struct vol_husks *vol_reclaim_list;
+static bool vol_reclaim_running, vol_reclaim_stopping;
+static pthread_t vol_reclaim_thread;
+
+/* The reclaimer thread: free what is handed over until vol_stop. */
+static void *
+vol_reclaimer (void *arg)
+{
+  (void) arg;
+  pthread_mutex_lock (&vol_reclaim_lock);
+  for (;;) {
+    struct vol_husks *l = vol_reclaim_list;
+
+    if (l == NULL) {
+      if (vol_reclaim_stopping)
+        break;
+      pthread_cond_wait (&vol_reclaim_cond, &vol_reclaim_lock);
+      continue;
+    }
+    vol_reclaim_list = l->next;
+    pthread_mutex_unlock (&vol_reclaim_lock);
+    store_husk_free (l->h);
+    free (l);
+    pthread_mutex_lock (&vol_reclaim_lock);
+  }
+  pthread_mutex_unlock (&vol_reclaim_lock);
+  return NULL;
+}
+
+/* Free h on the reclaimer thread, starting it if need be, or here if
+ * it cannot be (V6).
+ */
+static void
+vol_reclaim (struct store_husk *h)
+{
+  struct vol_husks *l = malloc (sizeof *l);
+  sigset_t all, old;
+  int e = 0;
+
+  if (h == NULL)
+    return;
+  pthread_mutex_lock (&vol_reclaim_lock);
+  if (l != NULL && !vol_reclaim_running && !vol_reclaim_stopping) {
+    sigfillset (&all);          /* signals stay with nbdkit's threads */
+    pthread_sigmask (SIG_SETMASK, &all, &old);
+    e = pthread_create (&vol_reclaim_thread, NULL, vol_reclaimer, NULL);
+    pthread_sigmask (SIG_SETMASK, &old, NULL);
+    vol_reclaim_running = e == 0;
+  }
+  if (l != NULL && vol_reclaim_running) {
+    l->h = h;
+    l->next = vol_reclaim_list;
+    vol_reclaim_list = l;
+    pthread_cond_signal (&vol_reclaim_cond);
+    h = NULL;
+  }
+  pthread_mutex_unlock (&vol_reclaim_lock);
+  if (h != NULL) {              /* no thread: free it now */
+    free (l);
+    store_husk_free (h);
+  }
+}
+
+/* At unload: free what is waiting and join the reclaimer (V6). */
+void
+vol_stop (void)
+{
+  pthread_mutex_lock (&vol_reclaim_lock);
+  vol_reclaim_stopping = true;
+  pthread_cond_signal (&vol_reclaim_cond);
+  pthread_mutex_unlock (&vol_reclaim_lock);
+  if (vol_reclaim_running)
+    pthread_join (vol_reclaim_thread, NULL);
+  vol_reclaim_running = false;
+}
 
 /* A new volatile state: no cut, nothing unflushed; NULL with errno. */
 struct vol *
@@ -213,6 +304,7 @@ int
 vol_flush (struct device *dev, unsigned generation)
 {
   struct vol *v = dev->vol;
+  struct store_husk *husk = NULL;
   int r = 0;
 
   gate_close (&dev->gate);
@@ -220,8 +312,9 @@ vol_flush (struct device *dev, unsigned generation)
     errno = EIO;
     r = -1;
   }
-  else if ((r = store_fold (dev->store)) == 0)
-    r = store_forget (dev->store);
+  else if ((r = store_fold (dev->store)) == 0 &&
+           (husk = store_forget_detach (dev->store)) == NULL)
+    r = -1;
   if (r == 0) {
     pthread_mutex_lock (&v->lock);
     vol_clear (v);
@@ -229,6 +322,7 @@ vol_flush (struct device *dev, unsigned generation)
     pthread_mutex_unlock (&v->lock);
   }
   gate_open (&dev->gate);
+  vol_reclaim (husk);
   return r;
 }
 
@@ -307,10 +401,12 @@ vol_classify (struct vol *v, const struct vol_decide *d,
   }
 }
 
-/* Cut the power now, with the gate closed (V2, V4). */
+/* Cut the power now, with the gate closed (V2, V4); the cache's pages
+ * go to *husk, for vol_reclaim once the gate is open (V6).
+ */
 static int
 vol_cut_closed (struct device *dev, const struct vol_cut *cut,
-                struct vol_result *res)
+                struct vol_result *res, struct store_husk **husk)
 {
   struct vol *v = dev->vol;
   struct vol_decide d = { cut->keep, cut->seed,
@@ -323,7 +419,8 @@ vol_cut_closed (struct device *dev, const struct vol_cut *cut,
                        &res->bytes_kept, &res->bytes_lost);
   if (r == -1)
     e = errno;
-  if (store_forget (dev->store) == -1) {
+  if ((*husk = store_forget_detach (dev->store)) == NULL &&
+      store_forget (dev->store) == -1) {     /* out of memory: free now */
     e = errno;
     r = -1;
   }
@@ -350,6 +447,7 @@ void
 vol_cut_armed (struct device *dev)
 {
   struct vol *v = dev->vol;
+  struct store_husk *husk = NULL;
   struct vol_result res;
   struct vol_cut cut;
 
@@ -357,10 +455,11 @@ vol_cut_armed (struct device *dev)
   cut = v->arm;
   pthread_mutex_unlock (&v->lock);
   gate_close (&dev->gate);
-  if (vol_cut_closed (dev, &cut, &res) == -1)
+  if (vol_cut_closed (dev, &cut, &res, &husk) == -1)
     nbdkit_error ("%s: power cut: %m (the cut happened; less was kept)",
                   dev->label);
   gate_open (&dev->gate);
+  vol_reclaim (husk);
 }
 
 /* The control socket's power_cut: now, or armed for after_writes. */
@@ -380,9 +479,12 @@ vol_power_cut (struct device *dev, const struct vol_cut *cut,
     pthread_mutex_unlock (&v->lock);
     return 0;
   }
+  struct store_husk *husk = NULL;
+
   gate_close (&dev->gate);
-  r = vol_cut_closed (dev, cut, res);
+  r = vol_cut_closed (dev, cut, res, &husk);
   gate_open (&dev->gate);
+  vol_reclaim (husk);
   return r;
 }
 

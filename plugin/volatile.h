@@ -54,6 +54,7 @@ extern int vol_flush (struct device *dev, unsigned generation);
 extern int vol_power_cut (struct device *dev, const struct vol_cut *cut,
                           struct vol_result *res);
 extern void vol_status (struct vol *v, struct vol_status *st);
+extern void vol_stop (void);
 extern const char *vol_keep_name (enum vol_keep k);
 extern int vol_keep_parse (const char *s, enum vol_keep *k);
 

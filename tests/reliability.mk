@@ -38,12 +38,17 @@ ASAN_NBDKIT_ENV = LD_PRELOAD=$(if $(P11KIT),$(P11KIT):)$(LIBASAN) \
 # the fuzz smoke, install and deb (not the plugin), the bench smoke (it runs
 # ./memblock.so), guestfish and clone (a minute of appliance boot for
 # little more plugin coverage), race, temp and memory (their bounds are
-# on the server's RSS, which ASan's shadow memory swamps) and mlock
-# (ASan's runtime makes munlock do nothing).
+# on the server's RSS, which ASan's shadow memory swamps), mlock
+# (ASan's runtime makes munlock do nothing), the snapshot tests with
+# guestfish and the snapshot race (minutes more under ASan; the race's
+# store-level twin runs under TSan), and temp-grace (its bounds are on
+# how soon the reaper frees a device), and the formats test (guestfish
+# again, and qemu-nbd doing most of the work).
 ASAN_TESTS ?= $(filter-out test-valgrind.sh test-fuzz-smoke.sh \
                 test-bench-smoke.sh test-install.sh test-deb.sh test-guestfish.sh \
                 test-clone.sh test-race.sh test-temp.sh test-memory.sh \
-                test-mlock.sh, \
+                test-mlock.sh test-snapshot-guestfish.sh \
+                test-snapshot-race.sh test-temp-grace.sh test-formats.sh, \
                 $(notdir $(wildcard tests/test-*.sh)))
 
 check-asan: deps-check

@@ -3,7 +3,8 @@
  * The input picks a chunk size, two store sizes and a memory cap shared
  * by all stores, then a list of operations: write (random, zero or
  * mixed pages), zero (what trim and write-zeroes do), read, extents,
- * out-of-range requests and clone.  A clone freezes a device (it
+ * out-of-range requests, clone, and snapshot, rollback and delete
+ * (with folds; see below).  A clone freezes a device (it
  * becomes a read-only source: reads and extents only from then on) and
  * adds a copy-on-write clone of it (store_create_clone), so devices form
  * trees: sibling clones of one source, and chains of up to MAX_DEPTH
@@ -59,6 +60,25 @@
  * worth (POOL_MAX_HELD of codec_max_size) for each partial page at
  * either end, and fails with ENOSPC exactly when that does not fit.
  *
+ * Snapshots (layer.c, as manage.c drives it): the stores are named by
+ * up to MAX_HANDLES handles, devices (writable or, once cloned,
+ * read-only) and snapshots, and each store has a reference count (R1),
+ * checked against store_refs.  A snapshot of a device freezes its store
+ * as the snapshot's and gives the device store_create_like of it; a
+ * rollback gives the device store_create_like of one of its snapshots'
+ * stores and lets the old one go; deleting a handle lets its store go,
+ * then folds, as manage_tidy does, every layer that is no handle's
+ * store and that one store alone reads through: the reference predicts
+ * store_fold run by run of the child's own pages (data written, hidden
+ * pages zeroed into the parent), each run refused with ENOSPC exactly
+ * as that write or zero would be (the fold then fails, having changed
+ * the runs before; the chain stays and is folded at a later tidy), and
+ * on success puts the parent in the child's place (store_set_source, or
+ * the handle's store).  A compressed store's growth cannot be foreseen,
+ * so under a cap compressed layers are not folded.  At the end the
+ * handles are deleted one by one, snapshots first, each folding what it
+ * can, until no store and no byte of the cap is left.
+ *
  * Build: make build/fuzz/fuzz-store (clang, -fsanitize=fuzzer,address,
  * undefined).  Run: make fuzz FUZZ_SECONDS=300.  Replay a crash with
  * FUZZ_STORE_TRACE=1 build/fuzz/fuzz-store FILE to see each step.
@@ -80,8 +100,9 @@
 #define MAX_LEN ((uint64_t) 256 << 10)     /* longest request */
 #define HOT ((uint64_t) 128 << 10)         /* where most requests land */
 #define MAX_OPS 200
-#define MAX_DEVS 6                          /* the two stores and 4 clones */
-#define MAX_DEPTH 3                         /* clones in a chain */
+#define MAX_DEVS 16                         /* live stores, layers too */
+#define MAX_HANDLES 8                       /* devices and snapshots */
+#define MAX_DEPTH 6                         /* clones in a chain */
 
 #define CHECK(cond, ...)                                                \
   do {                                                                  \
@@ -134,15 +155,30 @@ struct dev {
   uint64_t nchunks, chunks;     /* chunks: flags set */
   uint64_t meta;                /* what creating them cost */
   struct dev *source;           /* clones: the source, else NULL */
-  int depth;                    /* clones in the chain down to a store */
+  unsigned refs;                /* holders: handles, clones (R1) */
+  bool live;                    /* not yet freed */
   bool frozen;                  /* a source now: never written again */
+};
+
+/* A device or a snapshot, as manage.c sees one: a name for a store.
+ * Only a writable device's store is written; a snapshot's store, or a
+ * read-only device's (a clone's source), is frozen.
+ */
+struct handle {
+  struct dev *d;
+  bool writable;
+  struct handle *snapshot_of;   /* the device it is a snapshot of */
 };
 
 static struct store_limit limit;
 static unsigned shift;          /* chunk shift of all the stores */
 static enum codec codec;        /* codec of all the stores */
-static struct dev devs[MAX_DEVS];
-static int ndevs;
+static struct dev devs[MAX_DEVS];       /* slots; live ones are stores */
+static int ndevs;                       /* live stores */
+static struct handle hslots[MAX_HANDLES];
+static struct handle *handles[MAX_HANDLES];  /* in the order made */
+static int nhandles;
+static unsigned folds;                  /* folds done, for the checks */
 static int trace = -1;          /* FUZZ_STORE_TRACE=1 prints each step */
 
 #define TRACE(...)                                                      \
@@ -247,13 +283,13 @@ plan_apply (struct plan *pl, struct dev *d)
   d->meta += pl->cost;
 }
 
-/* The chunks a write of scratch at [off, off+len) creates: where it
+/* The chunks a write of data at [off, off+len) creates: where it
  * stores non-zero data, and in a clone where a store down the chain has
  * the chunk; or, for a zero (zero true), only the latter.
  */
 static void
-plan_chunks (struct plan *pl, struct dev *d, uint64_t off, uint64_t len,
-             bool zero)
+plan_chunks (struct plan *pl, struct dev *d, const uint8_t *data,
+             uint64_t off, uint64_t len, bool zero)
 {
   uint64_t prev = UINT64_MAX;
 
@@ -266,7 +302,7 @@ plan_chunks (struct plan *pl, struct dev *d, uint64_t off, uint64_t len,
     uint64_t a = MAX (idx << shift, off);
     uint64_t b = MIN ((idx + 1) << shift, off + len);
 
-    if ((!zero && !all_zero (scratch + (a - off), b - a)) ||
+    if ((!zero && !all_zero (data + (a - off), b - a)) ||
         (d->source && chain_has_chunk (d, idx)))
       plan_add (pl, d, idx, &prev);
   }
@@ -287,9 +323,15 @@ check_accounting (void)
 {
   uint64_t sum = 0;
 
-  for (int i = 0; i < ndevs; i++) {
+  for (int i = 0; i < MAX_DEVS; i++) {
     struct dev *d = &devs[i];
 
+    if (!d->live)
+      continue;
+    CHECK (store_refs (d->s) == d->refs, "store %d: %u holders, reference "
+           "%u", i, store_refs (d->s), d->refs);
+    CHECK (store_source (d->s) == (d->source ? d->source->s : NULL),
+           "store %d: not reading through the reference's source", i);
     CHECK (store_data (d->s) == d->own * PAGE,
            "store %d: %lu pages of data, reference %lu", i,
            (unsigned long) (store_data (d->s) / PAGE),
@@ -438,28 +480,23 @@ check_enospc_packed (struct dev *d, uint64_t off, uint64_t len, int r, int err)
   return false;
 }
 
-static void
-do_write (struct dev *d, uint64_t off, uint64_t len,
-          unsigned kind, uint32_t seed)
+/* Pages a write of data at [off, off+len) of d may newly set: not own,
+ * and its bytes in them not all zero; in a clone also a page showing
+ * its source and not covered whole.
+ */
+static uint64_t
+write_need_pages (const struct dev *d, const uint8_t *data, uint64_t off,
+                  uint64_t len)
 {
-  uint64_t need = 0, room;
-  struct plan pl;
-  int r, err;
+  uint64_t need = 0;
 
-  CHECK (!d->frozen, "model: write to frozen store %d", d->id);
-  fill (scratch, off, len, kind, seed);
-  TRACE ("  data kind %u seed %u\n", kind % 4, seed);
-  plan_chunks (&pl, d, off, len, false);
-  /* Pages it may newly set: not own, and its bytes in them not all zero;
-   * in a clone also a page showing its source and not covered whole.
-   */
   for (uint64_t p = FIRST_PAGE (off); len > 0 && p <= LAST_PAGE (off, len);
        p++) {
     uint64_t a, b;
     bool nonzero;
 
     page_piece (p, off, len, &a, &b);
-    nonzero = !all_zero (scratch + (a - off), b - a);
+    nonzero = !all_zero (data + (a - off), b - a);
     switch (d->state[p]) {
     case P_OWN:    break;
     case P_HOLE:   need += nonzero; break;
@@ -469,25 +506,20 @@ do_write (struct dev *d, uint64_t off, uint64_t len,
       break;
     }
   }
-  room = limit.max - atomic_load (&limit.used);
-  errno = 0;
-  r = store_write (d->s, scratch, len, off);
-  err = errno;
-  /* A compressed store reserves the chunks first, then its growth. */
-  if (codec != CODEC_NONE && pl.cost <= room
-      ? !check_enospc_packed (d, off, len, r, err)
-      : !check_enospc (d, "write", off, len,
-                       (codec != CODEC_NONE ? 0 : need * PAGE) + pl.cost,
-                       room, r, err)) {
-    if (codec != CODEC_NONE && pl.cost <= room)
-      plan_apply (&pl, d);
-    check_chain (d, off, len);
-    return;
-  }
+  return need;
+}
+
+/* What a write of data at [off, off+len) of d that went through
+ * changes in the reference: its planned chunks, bytes and pages.
+ */
+static void
+write_apply (struct dev *d, const uint8_t *data, uint64_t off, uint64_t len,
+             struct plan *pl)
+{
   if (len == 0)
     return;
-  plan_apply (&pl, d);
-  memcpy (d->ref + off, scratch, len);
+  plan_apply (pl, d);
+  memcpy (d->ref + off, data, len);
   for (uint64_t p = FIRST_PAGE (off); p <= LAST_PAGE (off, len); p++) {
     uint64_t a, b;
 
@@ -505,7 +537,7 @@ do_write (struct dev *d, uint64_t off, uint64_t len,
     case P_OWN:
       break;
     case P_HOLE:
-      if (!all_zero (scratch + (a - off), b - a))
+      if (!all_zero (data + (a - off), b - a))
         set_state (d, p, P_OWN);
       break;
     case P_SOURCE:              /* copied, kept if not all zero */
@@ -513,8 +545,63 @@ do_write (struct dev *d, uint64_t off, uint64_t len,
       break;
     }
   }
-  if (d->source)
+}
+
+static void
+do_write (struct dev *d, uint64_t off, uint64_t len,
+          unsigned kind, uint32_t seed)
+{
+  uint64_t need, room;
+  struct plan pl;
+  int r, err;
+
+  CHECK (!d->frozen, "model: write to frozen store %d", d->id);
+  fill (scratch, off, len, kind, seed);
+  TRACE ("  data kind %u seed %u\n", kind % 4, seed);
+  plan_chunks (&pl, d, scratch, off, len, false);
+  need = write_need_pages (d, scratch, off, len);
+  room = limit.max - atomic_load (&limit.used);
+  errno = 0;
+  r = store_write (d->s, scratch, len, off);
+  err = errno;
+  /* A compressed store reserves the chunks first, then its growth. */
+  if (codec != CODEC_NONE && pl.cost <= room
+      ? !check_enospc_packed (d, off, len, r, err)
+      : !check_enospc (d, "write", off, len,
+                       (codec != CODEC_NONE ? 0 : need * PAGE) + pl.cost,
+                       room, r, err)) {
+    if (codec != CODEC_NONE && pl.cost <= room)
+      plan_apply (&pl, d);
     check_chain (d, off, len);
+    return;
+  }
+  write_apply (d, scratch, off, len, &pl);
+  if (d->source && len > 0)
+    check_chain (d, off, len);
+}
+
+/* What a zero of [off, off+len) (len > 0) of d that went through
+ * changes in the reference: pages covered whole become holes; partly
+ * covered ones stay own, and those showing their source are copied,
+ * and kept if not all zero.
+ */
+static void
+zero_apply (struct dev *d, uint64_t off, uint64_t len, struct plan *pl)
+{
+  plan_apply (pl, d);
+  memset (d->ref + off, 0, len);
+  for (uint64_t p = FIRST_PAGE (off); p <= LAST_PAGE (off, len); p++) {
+    uint64_t a, b;
+
+    page_piece (p, off, len, &a, &b);
+    if (d->source && !d->chunk[(p * PAGE) >> shift])
+      CHECK (d->state[p] == P_SOURCE, "model: page %lu of store %d without "
+             "a chunk", (unsigned long) p, d->id);
+    else if (page_whole (d, p, a, b))
+      set_state (d, p, P_HOLE);
+    else if (d->state[p] == P_SOURCE)
+      set_state (d, p, ref_page_zero (d, p) ? P_HOLE : P_OWN);
+  }
 }
 
 static void
@@ -544,7 +631,7 @@ do_zero (struct dev *d, uint64_t off, uint64_t len)
     need = ((off % PAGE != 0) + ((off + len) % PAGE != 0 && off + len < d->size))
            * POOL_MAX_HELD (codec_max_size ());
   /* A clone creates the chunks some store down its chain has. */
-  plan_chunks (&pl, d, off, len, true);
+  plan_chunks (&pl, d, NULL, off, len, true);
   room = limit.max - atomic_load (&limit.used);
   errno = 0;
   r = store_zero (d->s, len, off);
@@ -555,23 +642,7 @@ do_zero (struct dev *d, uint64_t off, uint64_t len)
   }
   if (len == 0)
     return;
-  plan_apply (&pl, d);
-  memset (d->ref + off, 0, len);
-  /* Pages covered whole become holes; partly covered ones stay own, and
-   * those showing their source are copied, and kept if not all zero.
-   */
-  for (uint64_t p = FIRST_PAGE (off); p <= LAST_PAGE (off, len); p++) {
-    uint64_t a, b;
-
-    page_piece (p, off, len, &a, &b);
-    if (d->source && !d->chunk[(p * PAGE) >> shift])
-      CHECK (d->state[p] == P_SOURCE, "model: page %lu of store %d without "
-             "a chunk", (unsigned long) p, d->id);
-    else if (page_whole (d, p, a, b))
-      set_state (d, p, P_HOLE);
-    else if (d->state[p] == P_SOURCE)
-      set_state (d, p, ref_page_zero (d, p) ? P_HOLE : P_OWN);
-  }
+  zero_apply (d, off, len, &pl);
   if (d->source)
     check_chain (d, off, len);
 }
@@ -588,7 +659,7 @@ do_trim (struct dev *d, uint64_t off, uint64_t len)
   bool made;
 
   CHECK (!d->frozen, "model: trim in frozen store %d", d->id);
-  plan_chunks (&pl, d, a, a < b ? b - a : 0, true);
+  plan_chunks (&pl, d, NULL, a, a < b ? b - a : 0, true);
   made = pl.cost <= limit.max - atomic_load (&limit.used);
   errno = 0;
   CHECK (store_trim (d->s, len, off) == 0, "trim %lu+%lu in store %d failed "
@@ -716,29 +787,38 @@ pick_range (struct input *in, struct dev *d, uint64_t *off, uint64_t *len)
   *len = l;
 }
 
-/* Set up devs[ndevs] as a store of size bytes, or, if source is not
- * NULL, as a clone of source (which is frozen from now on).
+/* Set up a free slot as a store of size bytes, or, if source is not
+ * NULL, as a clone of source (which is frozen from now on): made with
+ * store_create_like if like (a snapshot's or a rollback's new layer),
+ * else with store_create_clone and the codec.  It has no holder yet.
  */
-static void
-dev_init (uint64_t size, struct dev *source)
+static struct dev *
+dev_init (uint64_t size, struct dev *source, bool like)
 {
-  struct dev *d = &devs[ndevs];
+  struct dev *d = devs;
 
+  while (d->live)
+    d++;
+  CHECK (d < devs + MAX_DEVS, "model: no free slot");
   memset (d, 0, sizeof *d);
-  d->id = ndevs;
+  d->id = d - devs;
+  d->live = true;
   d->size = size;
   d->npages = (size + PAGE - 1) / PAGE;
   d->nchunks = (size + (1ULL << shift) - 1) >> shift;
   d->source = source;
   if (source) {
     source->frozen = true;
-    d->depth = source->depth + 1;
-    d->s = store_create_clone (source->s, &limit);
+    source->refs++;             /* the clone holds its source (R1) */
+    d->s = like ? store_create_like (source->s)
+                : store_create_clone (source->s, &limit);
   }
   else
     d->s = store_create (size, shift, &limit);
-  if (d->s == NULL || store_set_codec (d->s, codec) == -1)
+  if (d->s == NULL || (!like && store_set_codec (d->s, codec) == -1))
     abort ();
+  CHECK (store_codec (d->s) == codec, "store %d: codec %d", d->id,
+         store_codec (d->s));
   d->ref = calloc (1, size + 1);
   d->state = malloc (d->npages + 1);
   d->chunk = calloc (1, d->nchunks + 1);
@@ -748,15 +828,38 @@ dev_init (uint64_t size, struct dev *source)
   if (source)
     memcpy (d->ref, source->ref, size);
   ndevs++;
+  return d;
 }
 
+/* The reference lets go of d, as store_destroy does: when no one holds
+ * it any more it is freed, and lets go of its source.  The store itself
+ * is the caller's to let go (once, for the whole chain).
+ */
 static void
-dev_free (struct dev *d)
+dev_release (struct dev *d)
 {
-  store_destroy (d->s);
-  free (d->ref);
-  free (d->state);
-  free (d->chunk);
+  while (d != NULL && --d->refs == 0) {
+    struct dev *source = d->source;
+
+    TRACE ("  store %d freed\n", d->id);
+    free (d->ref);
+    free (d->state);
+    free (d->chunk);
+    d->live = false;
+    ndevs--;
+    d = source;
+  }
+}
+
+/* Clones in the chain down from d. */
+static int
+dev_depth (const struct dev *d)
+{
+  int depth = 0;
+
+  while ((d = d->source) != NULL)
+    depth++;
+  return depth;
 }
 
 /* Every byte and every extent of d. */
@@ -768,6 +871,318 @@ check_all (struct dev *d)
   if (d->size > 0)
     check_extents (d, 0, d->size, 0);
   check_model (d);
+}
+
+/* Add a handle for d, which it holds. */
+static struct handle *
+handle_add (struct dev *d, bool writable, struct handle *snapshot_of)
+{
+  struct handle *h = hslots;
+
+  while (h->d != NULL)
+    h++;
+  CHECK (nhandles < MAX_HANDLES && h < hslots + MAX_HANDLES,
+         "model: no free handle");
+  h->d = d;
+  h->writable = writable;
+  h->snapshot_of = snapshot_of;
+  d->refs++;
+  handles[nhandles++] = h;
+  return h;
+}
+
+/* Whether d is some handle's store. */
+static bool
+is_handle_store (const struct dev *d)
+{
+  for (int i = 0; i < nhandles; i++)
+    if (handles[i]->d == d)
+      return true;
+  return false;
+}
+
+/* The class store_fold sees for page p of clone c, which has its chunk:
+ * data, zero (hidden) or the source's.
+ */
+static enum page_state
+fold_class (const struct dev *c, uint64_t p)
+{
+  return c->state[p];
+}
+
+/* What store_fold (c) must do, done to the reference of c's source:
+ * run by run of c's own pages, chunk by chunk, a write of c's data or a
+ * zero, each refused with ENOSPC exactly as a write or a zero would be
+ * (the fold then stops, having changed the runs before).  0, or -1 if
+ * a run must be refused.
+ */
+static int
+fold_model (struct dev *c)
+{
+  struct dev *p = c->source;
+  uint64_t used = atomic_load (&limit.used), prev = UINT64_MAX;
+  uint64_t pages_per_chunk = (1ULL << shift) / PAGE;
+
+  for (uint64_t idx = 0; idx < c->nchunks; idx++) {
+    uint64_t pg, end;
+
+    if (!c->chunk[idx])
+      continue;
+    pg = idx * pages_per_chunk;
+    end = MIN (pg + pages_per_chunk, c->npages);
+    while (pg < end) {
+      enum page_state cls = fold_class (c, pg);
+      uint64_t run = pg, off, len, need, room, own;
+      struct plan pl;
+
+      while (run < end && fold_class (c, run) == cls)
+        run++;
+      off = pg * PAGE;
+      len = MIN (run * PAGE, c->size) - off;
+      pg = run;
+      if (cls == P_SOURCE)
+        continue;
+      /* Plan the chunk with the chunks planned before (the nodes they
+       * make serve it too); the run is inside the one chunk.
+       */
+      memset (&pl, 0, sizeof pl);
+      pl.first = idx;
+      pl.n = 1;
+      if (!p->chunk[idx] &&
+          ((cls == P_OWN && !all_zero (c->ref + off, len)) ||
+           (p->source && chain_has_chunk (p, idx))))
+        plan_add (&pl, p, idx, &prev);
+      need = cls == P_OWN && codec == CODEC_NONE
+             ? write_need_pages (p, c->ref + off, off, len) * PAGE : 0;
+      room = limit.max - used;
+      TRACE ("  fold run %s %lu+%lu into store %d: %lu bytes, %lu free\n",
+             cls == P_OWN ? "data" : "zero", (unsigned long) off,
+             (unsigned long) len, p->id, (unsigned long) (need + pl.cost),
+             (unsigned long) room);
+      if (need + pl.cost > room)
+        return -1;
+      own = p->own;
+      if (cls == P_OWN)
+        write_apply (p, c->ref + off, off, len, &pl);
+      else
+        zero_apply (p, off, len, &pl);
+      used += pl.cost + (p->own - own) * PAGE;  /* raw: exact */
+    }
+  }
+  CHECK (memcmp (p->ref, c->ref, c->size) == 0, "model: store %d folded "
+         "into store %d reads otherwise", c->id, p->id);
+  return 0;
+}
+
+/* Put parent in child's place everywhere (manage_replace): as the
+ * store of the handles that had child, and the source of the stores
+ * that read through it; each lets go of child.
+ */
+static void
+replace (struct dev *child, struct dev *parent)
+{
+  for (int i = 0; i < nhandles; i++) {
+    if (handles[i]->d == child) {
+      handles[i]->d = parent;
+      store_ref (parent->s);
+      parent->refs++;
+      store_destroy (child->s);
+      dev_release (child);
+      continue;
+    }
+    for (struct dev *t = handles[i]->d; t; t = t->source)
+      if (t->source == child) {
+        store_set_source (t->s, parent->s);
+        parent->refs++;
+        t->source = parent;
+        dev_release (child);
+        break;
+      }
+  }
+}
+
+/* Fold away the first layer that is nobody's handle and that one store
+ * alone reads through (manage_fold_one); true if one was folded.
+ */
+static bool
+fold_one (void)
+{
+  for (int i = 0; i < nhandles; i++)
+    for (struct dev *child = handles[i]->d; child->source;
+         child = child->source) {
+      struct dev *parent = child->source;
+      int want, r, err;
+
+      if (parent->refs != 1 || is_handle_store (parent))
+        continue;
+      /* A compressed store's growth cannot be foreseen: under a cap the
+       * fold is not tried (the reference could not follow a refusal).
+       */
+      if (codec != CODEC_NONE && limit.max != UINT64_MAX) {
+        TRACE ("  store %d not folded into store %d: compressed, capped\n",
+               child->id, parent->id);
+        return false;
+      }
+      TRACE ("  folding store %d into store %d\n", child->id, parent->id);
+      want = fold_model (child);
+      errno = 0;
+      r = store_fold (child->s);
+      err = errno;
+      CHECK (r == want && (r == 0 || err == ENOSPC), "fold of store %d into "
+             "store %d: result %d, errno %d, reference %d", child->id,
+             parent->id, r, err, want);
+      check_accounting ();
+      check_chain (child, 0, MIN (child->size, HOT));
+      if (r == -1)
+        return false;
+      store_ref (parent->s);    /* kept while child goes */
+      parent->refs++;
+      parent->frozen = child->frozen;
+      replace (child, parent);
+      store_destroy (parent->s);
+      dev_release (parent);
+      CHECK (!child->live, "model: store %d folded, still held", child->id);
+      folds++;
+      return true;
+    }
+  return false;
+}
+
+/* Fold every layer that can be (manage_tidy), checking each. */
+static void
+tidy (void)
+{
+  while (fold_one ())
+    check_accounting ();
+}
+
+/* Snapshot writable device h (manage_snapshot): its store is frozen as
+ * the snapshot's, and h goes on in store_create_like of it.
+ */
+static void
+do_snapshot (struct handle *h)
+{
+  struct dev *old = h->d, *top;
+
+  if (nhandles == MAX_HANDLES || ndevs == MAX_DEVS ||
+      dev_depth (old) == MAX_DEPTH) {
+    TRACE ("  no snapshot: %d handles, %d stores, depth %d\n", nhandles,
+           ndevs, dev_depth (old));
+    return;
+  }
+  top = dev_init (old->size, old, true);
+  handle_add (old, false, h);   /* the snapshot takes h's hold */
+  old->refs--;
+  h->d = top;
+  top->refs++;
+  TRACE ("  snapshot: store %d frozen, device goes on in store %d\n",
+         old->id, top->id);
+  check_chain (top, 0, MIN (top->size, HOT));
+}
+
+/* Roll writable device h back to snapshot sn (manage_rollback). */
+static void
+do_rollback (struct handle *h, struct handle *sn)
+{
+  struct dev *old = h->d, *top;
+
+  if (ndevs == MAX_DEVS || dev_depth (sn->d) == MAX_DEPTH) {
+    TRACE ("  no rollback: %d stores, depth %d\n", ndevs,
+           dev_depth (sn->d));
+    return;
+  }
+  top = dev_init (sn->d->size, sn->d, true);
+  h->d = top;
+  top->refs++;
+  TRACE ("  rollback to store %d: device goes on in store %d\n", sn->d->id,
+         top->id);
+  store_destroy (old->s);
+  dev_release (old);
+  check_accounting ();
+  tidy ();
+  check_chain (h->d, 0, MIN (h->d->size, HOT));
+}
+
+/* Delete handle h (manage_delete): it lets go of its store; then tidy. */
+static void
+do_delete (struct handle *h)
+{
+  struct dev *d = h->d;
+  int i;
+
+  for (i = 0; i < nhandles; i++)
+    if (handles[i]->snapshot_of == h)
+      handles[i]->snapshot_of = NULL;
+  for (i = 0; handles[i] != h; i++)
+    ;
+  memmove (&handles[i], &handles[i + 1],
+           (nhandles - i - 1) * sizeof handles[0]);
+  nhandles--;
+  h->d = NULL;
+  TRACE ("  handle of store %d deleted\n", d->id);
+  store_destroy (d->s);
+  dev_release (d);
+  check_accounting ();
+  tidy ();
+}
+
+/* A writable handle at or after handles[i], or NULL. */
+static struct handle *
+pick_writable (int i)
+{
+  for (int k = 0; k < nhandles; k++) {
+    struct handle *h = handles[(i + k) % nhandles];
+
+    if (h->writable)
+      return h;
+  }
+  return NULL;
+}
+
+/* How many handles are writable. */
+static int
+count_writable (void)
+{
+  int n = 0;
+
+  for (int i = 0; i < nhandles; i++)
+    n += handles[i]->writable;
+  return n;
+}
+
+/* Snapshot, roll back or delete, as sub picks, on handle h. */
+static void
+do_snapshot_op (struct handle *h, unsigned sub)
+{
+  switch (sub % 4) {
+  case 0: case 1:
+    if ((h = pick_writable (h - hslots)) != NULL)
+      do_snapshot (h);
+    break;
+  case 2: {
+    struct handle *sn = NULL;
+
+    /* h if a snapshot of a writable device, else one after it. */
+    for (int k = 0; k < nhandles && sn == NULL; k++) {
+      struct handle *c = handles[(k + sub / 4) % nhandles];
+
+      if (c->snapshot_of && c->snapshot_of->writable)
+        sn = c;
+    }
+    if (sn)
+      do_rollback (sn->snapshot_of, sn);
+    else
+      TRACE ("  no snapshot to roll back to\n");
+    break;
+  }
+  default:
+    /* Any handle, so long as a writable device stays. */
+    if (nhandles > 1 && (!h->writable || count_writable () > 1))
+      do_delete (h);
+    else
+      TRACE ("  not deleted: the last device\n");
+    break;
+  }
 }
 
 int
@@ -797,28 +1212,33 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   TRACE ("chunk %u, codec %s, sizes %lu and %lu, cap %lu\n", 1u << shift,
          codec_name (codec), (unsigned long) size_a, (unsigned long) size_b,
          (unsigned long) limit.max);
-  ndevs = 0;
-  dev_init (size_a, NULL);
-  dev_init (size_b, NULL);
+  ndevs = nhandles = 0;
+  memset (devs, 0, sizeof devs);
+  memset (hslots, 0, sizeof hslots);
+  handle_add (dev_init (size_a, NULL, false), true, NULL);
+  handle_add (dev_init (size_b, NULL, false), true, NULL);
 
   for (unsigned n = 0; n < MAX_OPS && in.left > 0; n++) {
-    /* One byte: the operation, the store and two bits for the operation;
-     * then the range but for a clone, then the data for a write.
+    /* One byte: the operation, the handle and two bits for the
+     * operation; then the range but for a clone or a snapshot operation
+     * (which takes one byte instead), then the data for a write.
      */
     unsigned op = take (&in, 1);
     unsigned type = op & 7, aux = op >> 6;
-    bool clone = type == 7 && aux & 1;
-    struct dev *d = &devs[(op >> 3 & 7) % ndevs];
+    bool clone = type == 7 && aux == 1, snap = type == 7 && aux >= 2;
+    struct handle *h = handles[(op >> 3 & 7) % nhandles];
+    struct dev *d;
     uint64_t off = 0, len = 0;
 
-    /* Writes (and the out-of-range ones) go to a store not frozen. */
-    if (type <= 4 || (type == 7 && !clone))
-      while (d->frozen)
-        d = &devs[(d->id + 1) % ndevs];
-    if (!clone)
+    /* Writes (and the out-of-range ones) go to a writable device. */
+    if (type <= 4 || (type == 7 && aux == 0))
+      h = pick_writable (h - hslots);
+    CHECK (h != NULL, "model: no writable device");
+    d = h->d;
+    if (!clone && !snap)
       pick_range (&in, d, &off, &len);
     TRACE ("op %u on store %d: %s %lu+%lu\n", n, d->id,
-           clone ? "clone" :
+           clone ? "clone" : snap ? "snapshot/rollback/delete" :
            (const char *[]) { "write", "write", "write", "zero", "trim",
                               "read", "extents", "out-of-range" }[type],
            (unsigned long) off, (unsigned long) len);
@@ -843,16 +1263,28 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       check_extents (d, off, len, aux);
       break;
     default:
+      if (snap) {
+        do_snapshot_op (h, take (&in, 1));
+        break;
+      }
       if (clone) {
-        /* Freeze d and clone it: the clone reads as d, holds nothing. */
-        if (ndevs == MAX_DEVS || d->depth == MAX_DEPTH) {
-          TRACE ("  no clone: %d stores, depth %d\n", ndevs, d->depth);
+        /* Freeze d (its device is read-only from now on) and clone it:
+         * the clone, a new device, reads as d and holds nothing.
+         */
+        struct dev *c;
+
+        if (ndevs == MAX_DEVS || nhandles == MAX_HANDLES ||
+            dev_depth (d) == MAX_DEPTH) {
+          TRACE ("  no clone: %d stores, %d handles, depth %d\n", ndevs,
+                 nhandles, dev_depth (d));
           break;
         }
-        dev_init (d->size, d);
-        TRACE ("  store %d: clone of store %d, depth %d\n", ndevs - 1,
-               d->id, devs[ndevs - 1].depth);
-        check_chain (&devs[ndevs - 1], 0, MIN (d->size, HOT));
+        h->writable = false;
+        c = dev_init (d->size, d, false);
+        handle_add (c, true, NULL);
+        TRACE ("  store %d: clone of store %d, depth %d\n", c->id, d->id,
+               dev_depth (c));
+        check_chain (c, 0, MIN (d->size, HOT));
         break;
       }
       check_out_of_range (d, d->size - (len > d->size ? d->size : len),
@@ -863,14 +1295,30 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     check_accounting ();
   }
 
-  /* Everything, at the end; then clones go before their sources. */
-  for (int i = 0; i < ndevs; i++)
-    check_all (&devs[i]);
+  /* Everything, at the end; then the handles go, one by one, each
+   * folding what it can.
+   */
+  for (int i = 0; i < MAX_DEVS; i++)
+    if (devs[i].live)
+      check_all (&devs[i]);
   check_accounting ();
-  while (ndevs > 0) {
-    dev_free (&devs[--ndevs]);
-    check_accounting ();
+  while (nhandles > 0) {
+    struct handle *h = handles[nhandles - 1];
+    unsigned before = folds;
+
+    /* Snapshots and read-only devices first, the last made first: the
+     * layers under the devices then fold.
+     */
+    for (int i = nhandles - 1; i >= 0; i--)
+      if (!handles[i]->writable) {
+        h = handles[i];
+        break;
+      }
+    do_delete (h);
+    for (int i = 0; i < nhandles && folds != before; i++)
+      check_chain (handles[i]->d, 0, MIN (handles[i]->d->size, HOT));
   }
+  CHECK (ndevs == 0, "model: %d stores left", ndevs);
   CHECK (atomic_load (&limit.used) == 0, "cap use %lu after destroying all",
          (unsigned long) atomic_load (&limit.used));
   return 0;
