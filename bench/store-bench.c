@@ -34,10 +34,10 @@
  * distinct data (2 x -m MiB of it), not one MiB repeated.
  * -p adds each run's GiB/s to every line, as a comma list.
  *
- * Two more modes measure what snapshots and the control socket cost the
- * data path; they need the store of layer.c and gate.c (store.h's
- * store_create_like, gate.h), so a build against an older store (the
- * baseline of store-compare.py) has neither and refuses them:
+ * Three more modes measure what snapshots, the control socket and volatile
+ * devices cost the data path; they need the store of layer.c and gate.c
+ * (store.h's store_create_like, gate.h), so a build against an older
+ * store (the baseline of store-compare.py) has neither and refuses them:
  *   -l N     reads only: "flat", one store, beside "layers", the top of a
  *            chain of N frozen layers as N snapshots leave it: the first
  *            layer holds the prefill, and after each snapshot
@@ -48,10 +48,35 @@
  *   -g       "store", the bare store, beside "gate", the same store with
  *            each request passing a gate as plugin/memblock.c does
  *            (gate_enter, the call, gate_leave with its kind and bytes).
- *   In both, the variants' order rotates each run.
+ *   -V       a volatile device's write cache (plugin/volatile.c): reads
+ *            and writes of three devices, each request passing the
+ *            device's gate as with -g:
+ *              plain     a store;
+ *              volatile  a cache (store_create_like) over a store holding
+ *                        the prefill, emptied before each run as a flush
+ *                        leaves it (store_fold, store_forget, untimed):
+ *                        its writes land in pages the cache does not hold
+ *                        yet.  Each request also checks the cut state
+ *                        (memblock_cut_off) and each write does what
+ *                        vol_wrote does without FUA: the device's mutex
+ *                        around the write count, a log append (grown by
+ *                        realloc) and the unflushed counts, and the
+ *                        armed-cut check;
+ *              vol-warm  the same over another store, its cache holding
+ *                        every page already (written once at the start,
+ *                        never flushed): writes overwrite the cache's own
+ *                        pages.
+ *            Then the flush: the cache is filled with F MiB (the smaller
+ *            of 256 and 2 x -m; "flushmib F") of 4 KiB writes at random
+ *            offsets, each page once, or of 1 MiB sequential writes (with
+ *            the same bookkeeping), and what vol_flush does is timed:
+ *            gate_close, store_fold, store_forget, the log emptied,
+ *            gate_open.  Lines "flush 4k 1 volatile" and "flush 1m 1
+ *            volatile" give F MiB / that time in GiB/s.
+ *   In all three, the variants' order rotates each run.
  *
  * Usage: store-bench [-t SECONDS] [-r RUNS] [-m MIB_PER_THREAD]
- *                    [-s | -c CODECS | -l LAYERS | -g] [-d FILE] [-p]
+ *                    [-s | -c CODECS | -l LAYERS | -g | -V] [-d FILE] [-p]
  * Output: one line per figure: "op bs threads variant gibps cpus [runs]".
  */
 
@@ -90,11 +115,13 @@
 #define LAYER_PERCENT 3                 /* -l: pages written per layer */
 
 /* What a variant does, and the store it uses. */
-enum kind { K_MEMCPY, K_STORE, K_MUTEX, K_GATE };
+enum kind { K_MEMCPY, K_STORE, K_MUTEX, K_GATE, K_VOL };
+struct vdev;
 struct variant {
   const char *name;
   enum kind kind;
   struct store *st;
+  struct vdev *vol;                     /* K_VOL: its device */
 };
 static struct variant variants[MAX_VARIANTS];
 static int nvariants;
@@ -113,12 +140,76 @@ static unsigned char *zeroes;           /* BIG zero bytes */
 static uint64_t region;                 /* bytes per thread */
 static uint64_t zbase;
 static pthread_mutex_t global_lock = PTHREAD_MUTEX_INITIALIZER;
-#if HAVE_LAYERS
-static struct gate gate;                /* -g */
-#endif
 static atomic_bool stop;
 static pthread_barrier_t barrier;
 static int cpu_list[MAX_THREADS];
+
+#if HAVE_LAYERS
+static struct gate gate;                /* -g, and -V's plain device */
+
+/* -V: a volatile device's gate and bookkeeping as struct vol in
+ * plugin/volatile.c keeps them (volatile.c needs nbdkit: this mirrors
+ * vol_wrote without FUA, vol_log and vol_refused).
+ */
+#define VOL_LOG_MAX ((size_t) 1 << 22)
+struct vdev_extent {
+  uint64_t offset, length;
+};
+struct vdev {
+  struct gate gate;
+  _Atomic unsigned generation;
+  _Atomic bool pending, armed;
+  pthread_mutex_t lock;
+  struct vdev_extent *log;
+  size_t nlog, caplog;
+  uint64_t untracked, unflushed_writes, unflushed_bytes, writes, arm_left;
+};
+static struct vdev vdevs[2];            /* volatile, vol-warm */
+
+/* As vol_refused: a request of a connection of generation 0. */
+static inline bool
+vdev_refused (struct vdev *d)
+{
+  return atomic_load (&d->generation) != 0 || atomic_load (&d->pending);
+}
+
+/* As vol_wrote with fua false, and vol_log. */
+static inline void
+vdev_wrote (struct vdev *d, uint64_t count, uint64_t offset)
+{
+  pthread_mutex_lock (&d->lock);
+  d->writes++;
+  if (d->nlog == d->caplog && d->caplog < VOL_LOG_MAX) {
+    size_t cap = d->caplog ? d->caplog * 2 : 1024;
+    struct vdev_extent *log = realloc (d->log, cap * sizeof *log);
+
+    if (log != NULL) {
+      d->log = log;
+      d->caplog = cap;
+    }
+  }
+  if (d->nlog < d->caplog)
+    d->log[d->nlog++] = (struct vdev_extent) { offset, count };
+  else
+    d->untracked++;
+  d->unflushed_writes++;
+  d->unflushed_bytes += count;
+  if (atomic_load (&d->armed) && --d->arm_left == 0)
+    atomic_store (&d->pending, true);
+  pthread_mutex_unlock (&d->lock);
+}
+
+/* As vol_clear, under the lock. */
+static void
+vdev_clear (struct vdev *d)
+{
+  pthread_mutex_lock (&d->lock);
+  d->nlog = 0;
+  d->untracked = 0;
+  d->unflushed_writes = d->unflushed_bytes = 0;
+  pthread_mutex_unlock (&d->lock);
+}
+#endif
 
 struct job {
   int id;
@@ -173,6 +264,21 @@ do_op (struct job *j, uint64_t base, uint64_t off, uint64_t n)
     int r = write ? store_write (j->v->st, buf, j->bs, base + off)
                   : store_read (j->v->st, buf, j->bs, base + off);
 
+    gate_leave (st, write ? GATE_WRITE : GATE_READ, j->bs);
+    if (r == -1)
+      die ("store");
+    return;
+  }
+  if (j->v->kind == K_VOL) {
+    /* The same on a volatile device (memblock_cut_off, vol_wrote). */
+    struct vdev *d = j->v->vol;
+    struct gate_stripe *st = gate_enter (&d->gate);
+    int r = vdev_refused (d) ? -1
+      : write ? store_write (j->v->st, buf, j->bs, base + off)
+      : store_read (j->v->st, buf, j->bs, base + off);
+
+    if (r == 0 && write)
+      vdev_wrote (d, j->bs, base + off);
     gate_leave (st, write ? GATE_WRITE : GATE_READ, j->bs);
     if (r == -1)
       die ("store");
@@ -401,7 +507,7 @@ pool_text (unsigned char *pool, uint64_t len)
 static void
 add_variant (const char *name, enum kind kind, struct store *st)
 {
-  variants[nvariants++] = (struct variant) { name, kind, st };
+  variants[nvariants++] = (struct variant) { name, kind, st, NULL };
 }
 
 static struct store *
@@ -418,7 +524,7 @@ static void
 usage (const char *prog)
 {
   fprintf (stderr, "usage: %s [-t SECONDS] [-r RUNS] [-m MIB] "
-           "[-s | -c CODECS | -l LAYERS | -g] [-d FILE] [-p]\n", prog);
+           "[-s | -c CODECS | -l LAYERS | -g | -V] [-d FILE] [-p]\n", prog);
   exit (2);
 }
 
@@ -479,6 +585,63 @@ make_chain (struct store *base, struct store *flat, int n, uint64_t len,
   free (b);
   return top;
 }
+
+/* -V: empty a volatile device's cache as vol_flush does (store_fold,
+ * store_forget, the log emptied, with the gate closed); the time it took.
+ */
+static double
+vdev_flush (struct vdev *d, struct store *cache)
+{
+  double t0 = clock_s (CLOCK_MONOTONIC);
+
+  gate_close (&d->gate);
+  if (store_fold (cache) == -1 || store_forget (cache) == -1)
+    die ("store_fold");
+  vdev_clear (d);
+  gate_open (&d->gate);
+  return clock_s (CLOCK_MONOTONIC) - t0;
+}
+
+/* -V: fill the emptied cache with len bytes of bs writes (4 KiB at
+ * random offsets, each page once, or 1 MiB sequential) through the
+ * device's bookkeeping, then time its flush.
+ */
+static struct figure
+flush_run (struct vdev *d, struct store *cache, uint64_t len, uint64_t bs,
+           const unsigned char *buf, uint64_t seed)
+{
+  uint64_t n = len / bs, *order = malloc (n * sizeof *order);
+  uint64_t x = 0x9e3779b97f4a7c15ULL ^ (seed * 0xbf58476d1ce4e5b9ULL);
+  double t, c0;
+
+  if (order == NULL)
+    die ("malloc");
+  for (uint64_t i = 0; i < n; i++)
+    order[i] = i;
+  for (uint64_t i = n - 1; bs < BIG && i > 0; i--) {   /* shuffle */
+    uint64_t k, tmp;
+
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    k = x % (i + 1);
+    tmp = order[i], order[i] = order[k], order[k] = tmp;
+  }
+  for (uint64_t i = 0; i < n; i++) {
+    struct gate_stripe *st = gate_enter (&d->gate);
+
+    if (store_write (cache, buf + (i % (BIG / bs)) * bs, bs,
+                     order[i] * bs) == -1)
+      die ("store_write");
+    vdev_wrote (d, bs, order[i] * bs);
+    gate_leave (st, GATE_WRITE, bs);
+  }
+  free (order);
+  if (d->unflushed_bytes != len)
+    die ("flush_run: unflushed bytes");
+  c0 = clock_s (CLOCK_PROCESS_CPUTIME_ID);
+  t = vdev_flush (d, cache);
+  return (struct figure) { len / t / (1 << 30),
+                           (clock_s (CLOCK_PROCESS_CPUTIME_ID) - c0) / t };
+}
 #endif
 
 int
@@ -492,12 +655,16 @@ main (int argc, char **argv)
   /* res[threads-1][op][size][variant][rep] */
   static struct figure res[MAX_THREADS][NOPS][2][MAX_VARIANTS][MAX_REPS];
   const char *codecs = NULL, *datafile = NULL;
-  bool store_only = false, full, gated = false;
+  bool store_only = false, full, gated = false, volmode = false, rotate;
   int nlayers = 0, last_op = OP_WRITE;
   struct store *layers[MAX_LAYERS];
+#if HAVE_LAYERS
+  uint64_t flush_len = 0;
+  static struct figure flushres[2][MAX_REPS];   /* -V: 4k, 1m */
+#endif
   cpu_set_t set;
 
-  while ((opt = getopt (argc, argv, "t:r:m:sc:d:pl:g")) != -1) {
+  while ((opt = getopt (argc, argv, "t:r:m:sc:d:pl:gV")) != -1) {
     switch (opt) {
     case 't': secs = atof (optarg); break;
     case 'r': reps = atoi (optarg); break;
@@ -508,15 +675,18 @@ main (int argc, char **argv)
     case 'p': print_runs = true; break;
     case 'l': nlayers = atoi (optarg); break;
     case 'g': gated = true; break;
+    case 'V': volmode = true; break;
     default: usage (argv[0]);
     }
   }
   if (optind != argc ||
-      (store_only + (codecs != NULL) + (nlayers != 0) + gated) > 1 ||
+      (store_only + (codecs != NULL) + (nlayers != 0) + gated
+       + volmode) > 1 ||
       nlayers < 0 || nlayers > MAX_LAYERS)
     usage (argv[0]);
-  if (!HAVE_LAYERS && (nlayers || gated)) {
-    fprintf (stderr, "%s: -l and -g need a store with layers and gates "
+  rotate = nlayers || gated || volmode;  /* the modes of gate.h */
+  if (!HAVE_LAYERS && rotate) {
+    fprintf (stderr, "%s: -l, -g and -V need a store with layers and gates "
              "(gate.h)\n", argv[0]);
     return 2;
   }
@@ -524,7 +694,7 @@ main (int argc, char **argv)
     fprintf (stderr, "%s: bad arguments\n", argv[0]);
     return 2;
   }
-  full = !store_only && codecs == NULL && !nlayers && !gated;
+  full = !store_only && codecs == NULL && !rotate;
 
   /* Threads go to the first CPUs we may use (the same one if only one). */
   if (sched_getaffinity (0, sizeof set, &set) == -1)
@@ -550,6 +720,21 @@ main (int argc, char **argv)
     gate_init (&gate);
     add_variant ("store", K_STORE, stores[0]);
     add_variant ("gate", K_GATE, stores[0]);
+  }
+  else if (volmode) {
+    stores[nstores++] = new_store ();   /* plain */
+    stores[nstores++] = new_store ();   /* volatile's durable store */
+    stores[nstores++] = new_store ();   /* vol-warm's */
+    gate_init (&gate);
+    for (i = 0; i < 2; i++) {
+      gate_init (&vdevs[i].gate);
+      pthread_mutex_init (&vdevs[i].lock, NULL);
+    }
+    add_variant ("plain", K_GATE, stores[0]);
+    add_variant ("volatile", K_VOL, NULL);      /* their caches, once */
+    add_variant ("vol-warm", K_VOL, NULL);      /* the prefill is in */
+    variants[1].vol = &vdevs[0];
+    variants[2].vol = &vdevs[1];
   }
   else
 #endif
@@ -642,6 +827,17 @@ main (int argc, char **argv)
   if (nlayers)
     variants[1].st = make_chain (stores[0], stores[1], nlayers,
                                  region * MAX_THREADS, bufs[1], layers);
+  if (volmode) {
+    /* The caches over the prefilled stores; vol-warm's gets every page. */
+    for (i = 1; i <= 2; i++)
+      if ((variants[i].st = store_create_like (stores[i])) == NULL)
+        die ("store_create_like");
+    for (uint64_t off = 0; off < region * MAX_THREADS; off += BIG)
+      if (store_write (variants[2].st, bufs[1], BIG, off) == -1)
+        die ("store_write");
+    flush_len = region * MAX_THREADS < 256 * BIG ? region * MAX_THREADS
+                                                  : 256 * BIG;
+  }
 #endif
 
   for (int r = 0; r < reps; r++) {
@@ -649,12 +845,26 @@ main (int argc, char **argv)
       for (int o = OP_READ; o <= last_op; o++)
         for (int s = 0; s < 2; s++)
           for (int k = 0; k < nvariants; k++) {
-            /* -l and -g: the order rotates each run. */
-            int v = (nlayers || gated) ? (k + r) % nvariants : k;
+            /* -l, -g and -V: the order rotates each run. */
+            int v = rotate ? (k + r) % nvariants : k;
 
+#if HAVE_LAYERS
+            if (volmode && v == 1)      /* as a flush leaves it */
+              vdev_flush (&vdevs[0], variants[1].st);
+            else if (volmode && v == 2)
+              vdev_clear (&vdevs[1]);
+#endif
             res[t - 1][o][s][v][r] = run (t, o, sizes[s], &variants[v], secs,
                                           bufs, pool != NULL);
           }
+#if HAVE_LAYERS
+    if (volmode)
+      for (int s = 0; s < 2; s++) {
+        vdev_flush (&vdevs[0], variants[1].st);
+        flushres[s][r] = flush_run (&vdevs[0], variants[1].st, flush_len,
+                                    sizes[s], bufs[0], r * 2 + s + 1);
+      }
+#endif
     if (!full)
       continue;
     /* variants: memcpy, store, mutex */
@@ -686,12 +896,35 @@ main (int argc, char **argv)
       return 1;
     }
   }
+#if HAVE_LAYERS
+  if (volmode) {
+    printf ("flushmib %llu\n", (unsigned long long) (flush_len >> 20));
+    print ("flush", "4k", 1, "volatile", flushres[0], reps);
+    print ("flush", "1m", 1, "volatile", flushres[1], reps);
+    /* Flushed: the cache holds nothing, its store every page. */
+    if (store_allocated (variants[1].st) != 0 ||
+        store_allocated (stores[1]) != region * MAX_THREADS) {
+      fprintf (stderr, "store-bench: -V: the cache holds %llu bytes, its "
+               "store %llu\n",
+               (unsigned long long) store_allocated (variants[1].st),
+               (unsigned long long) store_allocated (stores[1]));
+      return 1;
+    }
+    for (i = 1; i <= 2; i++)
+      store_destroy (variants[i].st);
+    for (i = 0; i < 2; i++) {
+      gate_destroy (&vdevs[i].gate);
+      pthread_mutex_destroy (&vdevs[i].lock);
+      free (vdevs[i].log);
+    }
+  }
+#endif
   for (int k = nlayers - 1; k >= 0; k--)
     store_destroy (layers[k]);
   for (int k = 0; k < nstores; k++)
     store_destroy (stores[k]);
 #if HAVE_LAYERS
-  if (gated)
+  if (gated || volmode)
     gate_destroy (&gate);
 #endif
   if (plain != NULL)
