@@ -40,8 +40,9 @@
  *       opens, on the reclaimer thread (vol_reclaim), so neither the
  *       requests waiting at the gate nor the control call's reply wait
  *       for the kernel to unmap them.  They stay counted against
- *       max-memory until freed.  vol_stop (at unload) frees what is
- *       left and joins the thread.
+ *       max-memory until freed.  The thread ends when nothing is left
+ *       to free (so an idle server has no thread of ours), and is joined
+ *       by the next vol_reclaim or by vol_stop (at unload).
  *
  * With keep=random each unit-sized block of the cache's own pages is
  * kept or not by a hash of the seed and the block's index, so the same
@@ -90,32 +91,28 @@ struct vol_husks {
   struct vol_husks *next;
 };
 static pthread_mutex_t vol_reclaim_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t vol_reclaim_cond = PTHREAD_COND_INITIALIZER;
 static struct vol_husks *vol_reclaim_list;
-static bool vol_reclaim_running, vol_reclaim_stopping;
+static bool vol_reclaim_started;   /* a thread to join */
+static bool vol_reclaim_running;   /* and it has not ended its loop */
+static bool vol_reclaim_stopping;
 static pthread_t vol_reclaim_thread;
 
-/* The reclaimer thread: free what is handed over until vol_stop. */
+/* The reclaimer thread: free what is handed over, then end. */
 static void *
 vol_reclaimer (void *arg)
 {
   (void) arg;
   pthread_mutex_lock (&vol_reclaim_lock);
-  for (;;) {
+  while (vol_reclaim_list != NULL) {
     struct vol_husks *l = vol_reclaim_list;
 
-    if (l == NULL) {
-      if (vol_reclaim_stopping)
-        break;
-      pthread_cond_wait (&vol_reclaim_cond, &vol_reclaim_lock);
-      continue;
-    }
     vol_reclaim_list = l->next;
     pthread_mutex_unlock (&vol_reclaim_lock);
     store_husk_free (l->h);
     free (l);
     pthread_mutex_lock (&vol_reclaim_lock);
   }
+  vol_reclaim_running = false;
   pthread_mutex_unlock (&vol_reclaim_lock);
   return NULL;
 }
@@ -133,19 +130,25 @@ vol_reclaim (struct store_husk *h)
   if (h == NULL)
     return;
   pthread_mutex_lock (&vol_reclaim_lock);
-  if (l != NULL && !vol_reclaim_running && !vol_reclaim_stopping) {
-    sigfillset (&all);          /* signals stay with nbdkit's threads */
-    pthread_sigmask (SIG_SETMASK, &all, &old);
-    e = pthread_create (&vol_reclaim_thread, NULL, vol_reclaimer, NULL);
-    pthread_sigmask (SIG_SETMASK, &old, NULL);
-    vol_reclaim_running = e == 0;
-  }
-  if (l != NULL && vol_reclaim_running) {
+  if (l != NULL && !vol_reclaim_stopping) {
     l->h = h;
     l->next = vol_reclaim_list;
     vol_reclaim_list = l;
-    pthread_cond_signal (&vol_reclaim_cond);
     h = NULL;
+    if (!vol_reclaim_running) {
+      /* The last thread has left its loop (or there was none). */
+      if (vol_reclaim_started)
+        pthread_join (vol_reclaim_thread, NULL);
+      sigfillset (&all);        /* signals stay with nbdkit's threads */
+      pthread_sigmask (SIG_SETMASK, &all, &old);
+      e = pthread_create (&vol_reclaim_thread, NULL, vol_reclaimer, NULL);
+      pthread_sigmask (SIG_SETMASK, &old, NULL);
+      vol_reclaim_started = vol_reclaim_running = e == 0;
+      if (e != 0) {             /* no thread: free it here */
+        vol_reclaim_list = l->next;
+        h = l->h;
+      }
+    }
   }
   pthread_mutex_unlock (&vol_reclaim_lock);
   if (h != NULL) {              /* no thread: free it now */
@@ -160,11 +163,10 @@ vol_stop (void)
 {
   pthread_mutex_lock (&vol_reclaim_lock);
   vol_reclaim_stopping = true;
-  pthread_cond_signal (&vol_reclaim_cond);
   pthread_mutex_unlock (&vol_reclaim_lock);
-  if (vol_reclaim_running)
+  if (vol_reclaim_started)
     pthread_join (vol_reclaim_thread, NULL);
-  vol_reclaim_running = false;
+  vol_reclaim_started = false;
 }
 
 /* A new volatile state: no cut, nothing unflushed; NULL with errno. */
