@@ -261,9 +261,10 @@ helper job "$csock" rq >"$tmp/job.json" || fail "no load job for rq"
 expect_grep '"kind": "load"' "$tmp/job.json"
 expect_grep '"state": "done"' "$tmp/job.json"
 
-# A slow server (each read 50 ms; a read per data extent, up to 4 MiB):
+# A slow server (each read 300 ms; a read per data extent, up to 1 MiB,
+# up to 32 in flight):
 # the load takes seconds.
-start_plugin slow --filter=delay file "$img" delay-read=50ms
+start_plugin slow --filter=delay file "$img" delay-read=300ms
 slow_uri="nbd+unix:///?socket=$sock"
 sock=$fmt_sock
 ctl create rn readonly=true "uri=$slow_uri" >"$tmp/ctl-rn.out" 2>&1 &
