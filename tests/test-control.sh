@@ -501,7 +501,7 @@ py() {
 # its output in $tmp/out.
 try_nbdkit() {
     rc=0
-    timeout -k 5 30 nbdkit -f -U "$tmp/other.sock" "$MEMBLOCK_SO" "$@" \
+    timeout -k 5 30 ${NBDKIT_WRAPPER:-} nbdkit -f -U "$tmp/other.sock" "$MEMBLOCK_SO" "$@" \
         >"$tmp/out" 2>&1 || rc=$?
     [ $rc -ne 0 ] || fail "nbdkit $*: started"
     [ $rc -lt 124 ] || { cat "$tmp/out"; fail "nbdkit $*: hung or crashed (exit $rc)"; }

@@ -91,7 +91,7 @@ limit=30
 run_nbdkit() {
     rc=0
     rm -f "$tmp/run.sock"
-    timeout -k 5 $limit $wrap "$nbdkit_bin" -U "$tmp/run.sock" \
+    timeout -k 5 $limit ${NBDKIT_WRAPPER:-} $wrap "$nbdkit_bin" -U "$tmp/run.sock" \
         ${NBDKIT_EXTRA:-} "$MEMBLOCK_SO" "$@" --run "$run" >"$tmp/out" 2>&1 ||
         rc=$?
     tried=$((tried + 1))

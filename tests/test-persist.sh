@@ -189,7 +189,7 @@ bad() {
     param=$1 why=$2; shift 2
     rc=0
     rm -f "$tmp/run.sock"
-    timeout -k 5 30 nbdkit -U "$tmp/run.sock" ${NBDKIT_EXTRA:-} \
+    timeout -k 5 30 ${NBDKIT_WRAPPER:-} nbdkit -U "$tmp/run.sock" ${NBDKIT_EXTRA:-} \
         "$MEMBLOCK_SO" "$@" --run true >"$tmp/out" 2>&1 || rc=$?
     what="nbdkit memblock $*"
     [ $rc -ne 0 ] || { cat "$tmp/out"; fail "$what: accepted"; }

@@ -134,7 +134,7 @@ expect_grep '^armed: no$' "$tmp/st.out"
 
 # :volatile:ro at start-up: nbdkit fails, with one line.
 rc=0
-nbdkit -f -U "$tmp/ro.sock" "$MEMBLOCK_SO" name=bad:size=1M:volatile:ro \
+${NBDKIT_WRAPPER:-} nbdkit -f -U "$tmp/ro.sock" "$MEMBLOCK_SO" name=bad:size=1M:volatile:ro \
     >"$tmp/ro.out" 2>&1 || rc=$?
 [ $rc -ne 0 ] || fail "nbdkit started with name=bad:size=1M:volatile:ro"
 [ "$(wc -l <"$tmp/ro.out")" -eq 1 ] ||
