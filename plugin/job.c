@@ -31,7 +31,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,19 +66,6 @@ static unsigned job_running;
 static unsigned job_finished;
 static unsigned job_waiting;              /* threads in job_wait */
 static bool job_stopping;                 /* job_shutdown was called */
-
-/* Fill err with errnum and a formatted line; returns -1. */
-static int __attribute__ ((format (printf, 3, 4)))
-job_refuse (struct manage_err *err, int errnum, const char *fmt, ...)
-{
-  va_list ap;
-
-  va_start (ap, fmt);
-  vsnprintf (err->msg, sizeof err->msg, fmt, ap);
-  va_end (ap);
-  err->errnum = errnum;
-  return -1;
-}
 
 /* The name of a job state as job_list shows it. */
 const char *
@@ -178,14 +164,14 @@ static int
 job_check_busy (const char *label, const char *path, struct manage_err *err)
 {
   if (job_stopping)
-    return job_refuse (err, EBUSY, "device '%s': save to %s: the server "
+    return manage_fail (err, EBUSY, "device '%s': save to %s: the server "
                        "is shutting down", label, path);
   if (job_running >= JOB_MAX_RUNNING)
-    return job_refuse (err, EBUSY, "device '%s': save to %s: %d saves "
+    return manage_fail (err, EBUSY, "device '%s': save to %s: %d saves "
                        "are running already", label, path, JOB_MAX_RUNNING);
   for (struct job *j = job_head; j; j = j->next)
     if (j->info.state == JOB_RUNNING && strcmp (j->info.path, path) == 0)
-      return job_refuse (err, EBUSY, "device '%s': save to %s: job %"
+      return manage_fail (err, EBUSY, "device '%s': save to %s: job %"
                          PRIu64 " is saving to that path", label, path,
                          j->info.id);
   return 0;
@@ -215,7 +201,7 @@ job_begin_load (const char *device, const char *from, uint64_t total,
   struct job *j = calloc (1, sizeof *j);
 
   if (j == NULL)
-    return job_refuse (err, ENOMEM, "load: calloc: %m");
+    return manage_fail (err, ENOMEM, "load: calloc: %m");
   j->info.kind = "load";
   snprintf (j->info.device, sizeof j->info.device, "%s", device);
   snprintf (j->info.path, sizeof j->info.path, "%s", from);
@@ -225,7 +211,7 @@ job_begin_load (const char *device, const char *from, uint64_t total,
   if (job_stopping) {
     pthread_mutex_unlock (&job_lock);
     free (j);
-    return job_refuse (err, EBUSY, "load of '%s': the server is shutting "
+    return manage_fail (err, EBUSY, "load of '%s': the server is shutting "
                        "down", device);
   }
   job_add (j);
@@ -266,17 +252,17 @@ job_start_save (const char *device, const char *path, bool overwrite,
   int r = -1;
 
   if (device == NULL || *device == '\0')
-    return job_refuse (err, EINVAL, "save: no device given");
+    return manage_fail (err, EINVAL, "save: no device given");
   connect_quote (device, label, sizeof label);
   if (path == NULL) {
     info = malloc (sizeof *info);
     if (info == NULL)
-      return job_refuse (err, ENOMEM, "device '%s': save: malloc: %m",
+      return manage_fail (err, ENOMEM, "device '%s': save: malloc: %m",
                          label);
     if (manage_get (device, info, err) == -1)
       goto out;
     if (info->persist[0] == '\0') {
-      job_refuse (err, EINVAL, "device '%s': no path given, and the "
+      manage_fail (err, EINVAL, "device '%s': no path given, and the "
                   "device has no :persist= path", label);
       goto out;
     }
@@ -286,7 +272,7 @@ job_start_save (const char *device, const char *path, bool overwrite,
     goto out;
   j = calloc (1, sizeof *j);
   if (j == NULL) {
-    job_refuse (err, ENOMEM, "device '%s': save: calloc: %m", label);
+    manage_fail (err, ENOMEM, "device '%s': save: calloc: %m", label);
     goto out;
   }
   j->info.kind = "save";
@@ -304,7 +290,7 @@ job_start_save (const char *device, const char *path, bool overwrite,
   j->info.total_bytes = j->frozen.size;
   errno = pthread_create (&j->thread, NULL, job_thread, j);
   if (errno != 0) {
-    job_refuse (err, errno, "device '%s': save to %s: cannot start a "
+    manage_fail (err, errno, "device '%s': save to %s: cannot start a "
                 "thread: %m", label, path);
     pthread_mutex_unlock (&job_lock);
     manage_thaw (&j->frozen);
@@ -348,7 +334,7 @@ job_wait (uint64_t id, struct job_info *info, struct manage_err *err)
   j = job_find (id);
   if (j == NULL) {
     pthread_mutex_unlock (&job_lock);
-    return job_refuse (err, ENOENT, "job %" PRIu64 ": no such job", id);
+    return manage_fail (err, ENOENT, "job %" PRIu64 ": no such job", id);
   }
   j->waiters++;
   job_waiting++;

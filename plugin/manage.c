@@ -52,7 +52,7 @@
 #define MANAGE_MAX_BATCH 256
 
 /* Refuse with errno errnum and a one-line message; returns -1. */
-static int
+int
 manage_fail (struct manage_err *err, int errnum, const char *fmt, ...)
 {
   va_list ap;

@@ -69,6 +69,9 @@ struct manage_frozen {
   char name[CONNECT_NAME_MAX + 1];
 };
 
+extern int manage_fail (struct manage_err *err, int errnum,
+                        const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
 extern int manage_list (int (*fn) (void *opaque, const struct manage_info *),
                         void *opaque);
 extern int manage_get (const char *name, struct manage_info *info,
