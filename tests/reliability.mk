@@ -11,7 +11,8 @@
 #                     gate per reader, more mutexes at once than its
 #                     64-lock table holds)
 #   make fuzz         the libFuzzer store target for FUZZ_SECONDS (300),
-#                     corpus in build/fuzz/corpus, crashes in build/fuzz/
+#                     corpus in build/fuzz/corpus, seeds from
+#                     tests/fuzz/make-seeds.py, crashes in build/fuzz/
 # (valgrind runs in make check: tests/test-valgrind.sh.)
 .PHONY: check-asan check-tsan fuzz
 
@@ -45,15 +46,17 @@ ASAN_NBDKIT_ENV = LD_PRELOAD=$(if $(P11KIT),$(P11KIT):)$(LIBASAN) \
 # (ASan's runtime makes munlock do nothing), the snapshot tests with
 # guestfish and the snapshot race (minutes more under ASan; the race's
 # store-level twin runs under TSan), and temp-grace (its bounds are on
-# how soon the reaper frees a device), and the formats tests (guestfish
+# how soon the reaper frees a device), the formats tests (guestfish
 # again, qemu-img and qemu-nbd doing most of the work, and they would
-# inherit the preloaded ASan runtime).
+# inherit the preloaded ASan runtime), and the power-cut loop under
+# guestfish (minutes of appliance; its cuts run under ASan in
+# test-powercut).
 ASAN_TESTS ?= $(filter-out test-valgrind.sh test-fuzz-smoke.sh \
                 test-bench-smoke.sh test-install.sh test-deb.sh test-guestfish.sh \
                 test-clone.sh test-race.sh test-temp.sh test-memory.sh \
                 test-mlock.sh test-snapshot-guestfish.sh \
                 test-snapshot-race.sh test-temp-grace.sh test-formats.sh \
-                test-formats-errors.sh, \
+                test-formats-errors.sh test-powercut-fs.sh, \
                 $(notdir $(wildcard tests/test-*.sh)))
 
 check-asan: deps-check
@@ -102,8 +105,14 @@ build/fuzz/fuzz-store: tests/fuzz/fuzz-store.c $(STORE_SRCS) $(HEADERS)
 	$(FUZZ_CC) -std=gnu11 $(WARN) $(FUZZ_FLAGS) -pthread -Iplugin \
 	  -o $@ tests/fuzz/fuzz-store.c $(STORE_SRCS) $(CODEC_LIBS)
 
-fuzz: build/fuzz/fuzz-store
+# Seeds that reach the volatile layer's paths (tests/fuzz/make-seeds.py).
+build/fuzz/seeds/.made: tests/fuzz/make-seeds.py
+	rm -rf build/fuzz/seeds
+	python3 tests/fuzz/make-seeds.py build/fuzz/seeds
+	touch $@
+
+fuzz: build/fuzz/fuzz-store build/fuzz/seeds/.made
 	@mkdir -p build/fuzz/corpus
 	build/fuzz/fuzz-store -max_total_time=$(FUZZ_SECONDS) -timeout=30 \
 	  -rss_limit_mb=2048 -print_final_stats=1 \
-	  -artifact_prefix=build/fuzz/ build/fuzz/corpus
+	  -artifact_prefix=build/fuzz/ build/fuzz/corpus build/fuzz/seeds
