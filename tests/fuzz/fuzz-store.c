@@ -79,6 +79,27 @@
  * handles are deleted one by one, snapshots first, each folding what it
  * can, until no store and no byte of the cap is left.
  *
+ * Volatile devices (volatile.c, as manage.c drives it): a writable
+ * device that is no clone's source may be made volatile (vol_attach):
+ * its store becomes the durable store, held by a new cache over it
+ * alone (store_create_like), in which the device goes on; it is never
+ * folded away as a layer nobody holds, and the device takes no
+ * snapshot, rollback or clone.  Writes, zeroes and trims land in the
+ * cache; with FUA (an operation bit) the same request then runs in the
+ * durable store, and the cache's pages that still show it read its new
+ * bytes.  A flush is store_fold of the cache (predicted as a snapshot's
+ * fold), then, if it went through, store_forget_detach and
+ * store_husk_free: the cap counts the pages until freed, and then the
+ * cache holds nothing and reads as the durable store.  A power cut is
+ * store_fold_some with a keep of none, all, or units (512 or 4096
+ * bytes) picked by a mask from the input: the reference folds the kept
+ * stretches of each run as writes and zeroes refused exactly as those
+ * would be, counts the bytes kept and lost as it goes, and, where the
+ * fold went through, checks the rule itself: each unit the cache held
+ * reads its kept or its old durable bytes; then the cache is emptied as
+ * after a flush.  Compressed layers under a cap are neither flushed nor
+ * cut but with keep none (their growth cannot be foreseen).
+ *
  * Build: make build/fuzz/fuzz-store (clang, -fsanitize=fuzzer,address,
  * undefined).  Run: make fuzz FUZZ_SECONDS=300.  Replay a crash with
  * FUZZ_STORE_TRACE=1 build/fuzz/fuzz-store FILE to see each step.
@@ -167,6 +188,7 @@ struct dev {
 struct handle {
   struct dev *d;
   bool writable;
+  bool vol;                     /* volatile: d is its cache (see top) */
   struct handle *snapshot_of;   /* the device it is a snapshot of */
 };
 
@@ -547,7 +569,10 @@ write_apply (struct dev *d, const uint8_t *data, uint64_t off, uint64_t len,
   }
 }
 
-static void
+/* A write of data (kind, seed) at [off, off+len) of d, checked;
+ * true if it went through.
+ */
+static bool
 do_write (struct dev *d, uint64_t off, uint64_t len,
           unsigned kind, uint32_t seed)
 {
@@ -573,11 +598,12 @@ do_write (struct dev *d, uint64_t off, uint64_t len,
     if (codec != CODEC_NONE && pl.cost <= room)
       plan_apply (&pl, d);
     check_chain (d, off, len);
-    return;
+    return false;
   }
   write_apply (d, scratch, off, len, &pl);
   if (d->source && len > 0)
     check_chain (d, off, len);
+  return true;
 }
 
 /* What a zero of [off, off+len) (len > 0) of d that went through
@@ -604,17 +630,15 @@ zero_apply (struct dev *d, uint64_t off, uint64_t len, struct plan *pl)
   }
 }
 
-static void
-do_zero (struct dev *d, uint64_t off, uint64_t len)
+/* Bytes a zero of [off, off+len) of a raw store d may newly set: in a
+ * clone, the pages at either end that it covers in part and that still
+ * show their source.
+ */
+static uint64_t
+zero_need (const struct dev *d, uint64_t off, uint64_t len)
 {
-  uint64_t need = 0, room;
-  struct plan pl;
-  int r, err;
+  uint64_t need = 0;
 
-  CHECK (!d->frozen, "model: zero in frozen store %d", d->id);
-  /* Pages it may newly set: in a clone, the pages at either end that it
-   * covers in part and that still show their source.
-   */
   for (uint64_t p = FIRST_PAGE (off); len > 0 && p <= LAST_PAGE (off, len);
        p = p == FIRST_PAGE (off) ? MAX (p + 1, LAST_PAGE (off, len)) : p + 1) {
     uint64_t a, b;
@@ -623,7 +647,19 @@ do_zero (struct dev *d, uint64_t off, uint64_t len)
     need += d->state[p] == P_SOURCE && !page_whole (d, p, a, b) &&
             chain_has_chunk (d, (p * PAGE) >> shift);
   }
-  need *= PAGE;
+  return need * PAGE;
+}
+
+/* A zero of [off, off+len) of d, checked; true if it went through. */
+static bool
+do_zero (struct dev *d, uint64_t off, uint64_t len)
+{
+  uint64_t need, room;
+  struct plan pl;
+  int r, err;
+
+  CHECK (!d->frozen, "model: zero in frozen store %d", d->id);
+  need = zero_need (d, off, len);
   /* A compressed store reserves a unit's worth for each partial page at
    * either end instead (the unit may grow when packed again).
    */
@@ -638,13 +674,14 @@ do_zero (struct dev *d, uint64_t off, uint64_t len)
   err = errno;
   if (!check_enospc (d, "zero", off, len, need + pl.cost, room, r, err)) {
     check_chain (d, off, len);
-    return;
+    return false;
   }
   if (len == 0)
-    return;
+    return true;
   zero_apply (d, off, len, &pl);
   if (d->source)
     check_chain (d, off, len);
+  return true;
 }
 
 /* A trim: the pages [off, off+len) covers whole become holes where the
@@ -885,18 +922,21 @@ handle_add (struct dev *d, bool writable, struct handle *snapshot_of)
          "model: no free handle");
   h->d = d;
   h->writable = writable;
+  h->vol = false;
   h->snapshot_of = snapshot_of;
   d->refs++;
   handles[nhandles++] = h;
   return h;
 }
 
-/* Whether d is some handle's store. */
+/* Whether d is some handle's store, or a volatile one's durable store
+ * (manage_is_device_store).
+ */
 static bool
 is_handle_store (const struct dev *d)
 {
   for (int i = 0; i < nhandles; i++)
-    if (handles[i]->d == d)
+    if (handles[i]->d == d || (handles[i]->vol && handles[i]->d->source == d))
       return true;
   return false;
 }
@@ -910,14 +950,79 @@ fold_class (const struct dev *c, uint64_t p)
   return c->state[p];
 }
 
-/* What store_fold (c) must do, done to the reference of c's source:
- * run by run of c's own pages, chunk by chunk, a write of c's data or a
- * zero, each refused with ENOSPC exactly as a write or a zero would be
- * (the fold then stops, having changed the runs before).  0, or -1 if
- * a run must be refused.
+/* Which unit-sized blocks of a child's own pages a fold copies (a power
+ * cut's keep, store_fold_some): all (unit 0), none, or the blocks whose
+ * bit, block index modulo 64, is set in mask.
+ */
+struct keep {
+  unsigned unit;
+  enum { KEEP_NONE, KEEP_ALL, KEEP_MASK } mode;
+  uint64_t mask;
+};
+
+/* store_keep_fn for struct keep. */
+static bool
+keep_unit (void *opaque, uint64_t offset)
+{
+  const struct keep *k = opaque;
+
+  return k->mode == KEEP_ALL ||
+    (k->mode == KEEP_MASK && (k->mask >> (offset / k->unit % 64) & 1));
+}
+
+/* Fold [off, off+len) of child c, of class cls, into its source p as a
+ * write of c's bytes or a zero, refused with ENOSPC exactly as that
+ * write or zero would be; the chunks it creates are planned after those
+ * planned before (*prev: the nodes they make serve it too), and *used
+ * is the cap's use as it goes.  0, or -1 if refused.
  */
 static int
-fold_model (struct dev *c)
+fold_piece (struct dev *c, enum page_state cls, uint64_t off, uint64_t len,
+            uint64_t *prev, uint64_t *used)
+{
+  struct dev *p = c->source;
+  uint64_t idx = off >> shift, need, own;
+  struct plan pl;
+
+  memset (&pl, 0, sizeof pl);
+  pl.first = idx;
+  pl.n = 1;
+  if (!p->chunk[idx] &&
+      ((cls == P_OWN && !all_zero (c->ref + off, len)) ||
+       (p->source && chain_has_chunk (p, idx))))
+    plan_add (&pl, p, idx, prev);
+  if (codec != CODEC_NONE)
+    need = 0;                   /* uncapped: see fold_one */
+  else if (cls == P_OWN)
+    need = write_need_pages (p, c->ref + off, off, len) * PAGE;
+  else
+    need = zero_need (p, off, len);
+  TRACE ("  fold %s %lu+%lu into store %d: %lu bytes, %lu free\n",
+         cls == P_OWN ? "data" : "zero", (unsigned long) off,
+         (unsigned long) len, p->id, (unsigned long) (need + pl.cost),
+         (unsigned long) (limit.max - *used));
+  if (need + pl.cost > limit.max - *used)
+    return -1;
+  own = p->own;
+  if (cls == P_OWN)
+    write_apply (p, c->ref + off, off, len, &pl);
+  else
+    zero_apply (p, off, len, &pl);
+  *used += pl.cost + (p->own - own) * PAGE;     /* raw: exact */
+  return 0;
+}
+
+/* What store_fold_some (c, k) must do, done to the reference of c's
+ * source: run by run of c's own pages, chunk by chunk, and in each run
+ * stretch by stretch of units k keeps alike (or the whole run if
+ * k->unit is 0), a write of c's data or a zero of each kept stretch
+ * (fold_piece; the fold then stops at the first refused, having changed
+ * the stretches before).  Adds the bytes kept and lost, as far as it
+ * went, to *kept and *lost.  0, or -1 if a stretch must be refused.
+ */
+static int
+fold_model (struct dev *c, const struct keep *k, uint64_t *kept,
+            uint64_t *lost)
 {
   struct dev *p = c->source;
   uint64_t used = atomic_load (&limit.used), prev = UINT64_MAX;
@@ -932,45 +1037,38 @@ fold_model (struct dev *c)
     end = MIN (pg + pages_per_chunk, c->npages);
     while (pg < end) {
       enum page_state cls = fold_class (c, pg);
-      uint64_t run = pg, off, len, need, room, own;
-      struct plan pl;
+      uint64_t run = pg, off, stop;
 
       while (run < end && fold_class (c, run) == cls)
         run++;
       off = pg * PAGE;
-      len = MIN (run * PAGE, c->size) - off;
+      stop = MIN (run * PAGE, c->size);
       pg = run;
       if (cls == P_SOURCE)
         continue;
-      /* Plan the chunk with the chunks planned before (the nodes they
-       * make serve it too); the run is inside the one chunk.
-       */
-      memset (&pl, 0, sizeof pl);
-      pl.first = idx;
-      pl.n = 1;
-      if (!p->chunk[idx] &&
-          ((cls == P_OWN && !all_zero (c->ref + off, len)) ||
-           (p->source && chain_has_chunk (p, idx))))
-        plan_add (&pl, p, idx, &prev);
-      need = cls == P_OWN && codec == CODEC_NONE
-             ? write_need_pages (p, c->ref + off, off, len) * PAGE : 0;
-      room = limit.max - used;
-      TRACE ("  fold run %s %lu+%lu into store %d: %lu bytes, %lu free\n",
-             cls == P_OWN ? "data" : "zero", (unsigned long) off,
-             (unsigned long) len, p->id, (unsigned long) (need + pl.cost),
-             (unsigned long) room);
-      if (need + pl.cost > room)
-        return -1;
-      own = p->own;
-      if (cls == P_OWN)
-        write_apply (p, c->ref + off, off, len, &pl);
-      else
-        zero_apply (p, off, len, &pl);
-      used += pl.cost + (p->own - own) * PAGE;  /* raw: exact */
+      while (off < stop) {
+        uint64_t from = off;
+        bool keep = k->unit == 0 || keep_unit ((void *) k, off);
+
+        if (k->unit == 0)
+          off = stop;
+        else
+          do
+            off = MIN (stop, off - off % k->unit + k->unit);
+          while (off < stop && keep_unit ((void *) k, off) == keep);
+        if (!keep) {
+          *lost += off - from;
+          continue;
+        }
+        *kept += off - from;
+        if (fold_piece (c, cls, from, off - from, &prev, &used) == -1)
+          return -1;
+      }
     }
   }
-  CHECK (memcmp (p->ref, c->ref, c->size) == 0, "model: store %d folded "
-         "into store %d reads otherwise", c->id, p->id);
+  if (k->unit == 0)
+    CHECK (memcmp (p->ref, c->ref, c->size) == 0, "model: store %d folded "
+           "into store %d reads otherwise", c->id, p->id);
   return 0;
 }
 
@@ -1011,6 +1109,7 @@ fold_one (void)
     for (struct dev *child = handles[i]->d; child->source;
          child = child->source) {
       struct dev *parent = child->source;
+      uint64_t kept = 0, lost = 0;
       int want, r, err;
 
       if (parent->refs != 1 || is_handle_store (parent))
@@ -1024,7 +1123,7 @@ fold_one (void)
         return false;
       }
       TRACE ("  folding store %d into store %d\n", child->id, parent->id);
-      want = fold_model (child);
+      want = fold_model (child, &(struct keep) { 0 }, &kept, &lost);
       errno = 0;
       r = store_fold (child->s);
       err = errno;
@@ -1126,14 +1225,172 @@ do_delete (struct handle *h)
   tidy ();
 }
 
-/* A writable handle at or after handles[i], or NULL. */
+/* Make writable device h volatile (vol_attach): its store is frozen as
+ * the durable store, which h's new cache (store_create_like of it)
+ * alone holds, and h goes on in the cache.
+ */
+static void
+vol_attach_model (struct handle *h)
+{
+  struct dev *old = h->d, *cache;
+
+  if (ndevs == MAX_DEVS || dev_depth (old) == MAX_DEPTH) {
+    TRACE ("  not made volatile: %d stores, depth %d\n", ndevs,
+           dev_depth (old));
+    return;
+  }
+  cache = dev_init (old->size, old, true);
+  store_destroy (old->s);       /* the cache holds it now */
+  old->refs--;
+  h->d = cache;
+  h->vol = true;
+  cache->refs++;
+  TRACE ("  volatile: store %d durable, cache store %d\n", old->id,
+         cache->id);
+  check_chain (cache, 0, MIN (cache->size, HOT));
+}
+
+/* A FUA request on volatile h, which went through in the cache: the
+ * same in the durable store (V3 in volatile.c).  The cache's pages that
+ * show the durable store read its new bytes.
+ */
+static void
+vol_fua_model (struct handle *h, unsigned type, uint64_t off, uint64_t len,
+               unsigned kind, uint32_t seed)
+{
+  struct dev *c = h->d, *dur = c->source;
+
+  TRACE ("  FUA: the same in durable store %d\n", dur->id);
+  dur->frozen = false;
+  if (type <= 2)
+    do_write (dur, off, len, kind, seed);
+  else if (type == 3)
+    do_zero (dur, off, len);
+  else
+    do_trim (dur, off, len);
+  dur->frozen = true;
+  for (uint64_t p = FIRST_PAGE (off); len > 0 && p <= LAST_PAGE (off, len);
+       p++)
+    if (c->state[p] == P_SOURCE)
+      memcpy (c->ref + p * PAGE, dur->ref + p * PAGE,
+              MIN (PAGE, c->size - p * PAGE));
+  check_chain (c, off, len);
+}
+
+/* Empty cache c in O(1) (store_forget_detach, then store_husk_free as
+ * the reclaimer does): until freed its pages stay counted against the
+ * cap; then it reads as the durable store and holds nothing.
+ */
+static void
+vol_forget_model (struct dev *c)
+{
+  uint64_t used = atomic_load (&limit.used);
+  struct store_husk *husk = store_forget_detach (c->s);
+
+  CHECK (husk != NULL, "store_forget_detach of store %d failed", c->id);
+  CHECK (atomic_load (&limit.used) == used, "cap use %lu before the husk "
+         "is freed, %lu before", (unsigned long) atomic_load (&limit.used),
+         (unsigned long) used);
+  CHECK (store_data (c->s) == 0 && store_chunks (c->s) == 0 &&
+         store_metadata (c->s) == 0, "store %d: forgotten, still counts",
+         c->id);
+  store_husk_free (husk);
+  memset (c->state, P_SOURCE, c->npages + 1);
+  memset (c->chunk, 0, c->nchunks + 1);
+  c->own = c->chunks = c->meta = 0;
+  memcpy (c->ref, c->source->ref, c->size);
+  check_accounting ();
+  check_chain (c, 0, MIN (c->size, HOT));
+}
+
+/* A flush of volatile h (vol_flush): fold the cache into the durable
+ * store; if that went through, empty the cache, else it keeps its
+ * pages (and reads the same).
+ */
+static void
+vol_flush_model (struct handle *h)
+{
+  struct dev *c = h->d;
+  uint64_t kept = 0, lost = 0;
+  int want, r, err;
+
+  /* A compressed store's growth cannot be foreseen (see fold_one). */
+  if (codec != CODEC_NONE && limit.max != UINT64_MAX) {
+    TRACE ("  not flushed: compressed, capped\n");
+    return;
+  }
+  TRACE ("  flush: cache store %d into store %d\n", c->id, c->source->id);
+  want = fold_model (c, &(struct keep) { 0 }, &kept, &lost);
+  errno = 0;
+  r = store_fold (c->s);
+  err = errno;
+  CHECK (r == want && (r == 0 || err == ENOSPC), "flush of store %d: result "
+         "%d, errno %d, reference %d", c->id, r, err, want);
+  check_accounting ();
+  check_chain (c, 0, MIN (c->size, HOT));
+  if (r == 0)
+    vol_forget_model (c);
+}
+
+/* A power cut of volatile h (vol_cut_closed): fold the units k keeps
+ * (store_fold_some: the bytes kept and lost as the reference counts
+ * them), then empty the cache whatever the fold did.  Where the fold
+ * went through, every unit the cache held reads its kept or its old
+ * durable bytes, as k says, and every other byte is as it was.
+ */
+static void
+vol_cut_model (struct handle *h, const struct keep *k)
+{
+  struct dev *c = h->d, *dur = c->source;
+  uint64_t kept = 0, lost = 0, rkept = 0, rlost = 0;
+  uint8_t *before;
+  int want, r, err;
+
+  if (codec != CODEC_NONE && limit.max != UINT64_MAX &&
+      k->mode != KEEP_NONE) {
+    TRACE ("  no cut: compressed, capped\n");
+    return;
+  }
+  TRACE ("  cut: keep %s, unit %u, mask %#lx\n",
+         (const char *[]) { "none", "all", "mask" }[k->mode], k->unit,
+         (unsigned long) k->mask);
+  if ((before = malloc (dur->size + 1)) == NULL)
+    abort ();
+  memcpy (before, dur->ref, dur->size);
+  want = fold_model (c, k, &kept, &lost);
+  errno = 0;
+  r = store_fold_some (c->s, k->unit, keep_unit, (void *) k, &rkept, &rlost);
+  err = errno;
+  CHECK (r == want && (r == 0 || err == ENOSPC), "cut of store %d: result "
+         "%d, errno %d, reference %d", c->id, r, err, want);
+  CHECK (rkept == kept && rlost == lost, "cut of store %d: kept %lu lost "
+         "%lu, reference %lu and %lu", c->id, (unsigned long) rkept,
+         (unsigned long) rlost, (unsigned long) kept, (unsigned long) lost);
+  for (uint64_t o = 0; r == 0 && o < c->size; o++) {
+    uint64_t p = o / PAGE;
+    bool held = c->chunk[(p * PAGE) >> shift] && c->state[p] != P_SOURCE;
+    uint8_t want_byte = held && keep_unit ((void *) k, o) ? c->ref[o]
+                                                          : before[o];
+
+    CHECK (dur->ref[o] == want_byte, "model: cut of store %d: byte %lu is "
+           "%#x, the rules say %#x", c->id, (unsigned long) o, dur->ref[o],
+           want_byte);
+  }
+  free (before);
+  check_accounting ();
+  vol_forget_model (c);
+}
+
+/* A writable handle at or after handles[i], or NULL; if layers, one
+ * that is not volatile (whose layers snapshots may change).
+ */
 static struct handle *
-pick_writable (int i)
+pick_writable (int i, bool layers)
 {
   for (int k = 0; k < nhandles; k++) {
     struct handle *h = handles[(i + k) % nhandles];
 
-    if (h->writable)
+    if (h->writable && !(layers && h->vol))
       return h;
   }
   return NULL;
@@ -1150,13 +1407,28 @@ count_writable (void)
   return n;
 }
 
-/* Snapshot, roll back or delete, as sub picks, on handle h. */
-static void
-do_snapshot_op (struct handle *h, unsigned sub)
+/* The first volatile handle at or after handles[i], or NULL. */
+static struct handle *
+pick_volatile (int i)
 {
-  switch (sub % 4) {
+  for (int k = 0; k < nhandles; k++) {
+    struct handle *h = handles[(i + k) % nhandles];
+
+    if (h->vol)
+      return h;
+  }
+  return NULL;
+}
+
+/* Snapshot, roll back, delete, make volatile, flush or cut, as sub
+ * picks, on handle h (a cut takes mask, which units it keeps).
+ */
+static void
+do_snapshot_op (struct handle *h, unsigned sub, uint64_t mask)
+{
+  switch (sub % 8) {
   case 0: case 1:
-    if ((h = pick_writable (h - hslots)) != NULL)
+    if ((h = pick_writable (h - hslots, true)) != NULL)
       do_snapshot (h);
     break;
   case 2: {
@@ -1164,9 +1436,10 @@ do_snapshot_op (struct handle *h, unsigned sub)
 
     /* h if a snapshot of a writable device, else one after it. */
     for (int k = 0; k < nhandles && sn == NULL; k++) {
-      struct handle *c = handles[(k + sub / 4) % nhandles];
+      struct handle *c = handles[(k + sub / 8) % nhandles];
 
-      if (c->snapshot_of && c->snapshot_of->writable)
+      if (c->snapshot_of && c->snapshot_of->writable &&
+          !c->snapshot_of->vol)
         sn = c;
     }
     if (sn)
@@ -1175,7 +1448,22 @@ do_snapshot_op (struct handle *h, unsigned sub)
       TRACE ("  no snapshot to roll back to\n");
     break;
   }
-  default:
+  case 4:
+    if ((h = pick_writable (h - hslots, true)) != NULL)
+      vol_attach_model (h);
+    break;
+  case 5:
+    if ((h = pick_volatile (h - hslots)) != NULL)
+      vol_flush_model (h);
+    break;
+  case 6: {
+    struct keep k = { sub & 8 ? 512 : PAGE, (sub >> 4) % 3, mask };
+
+    if ((h = pick_volatile (h - hslots)) != NULL)
+      vol_cut_model (h, &k);
+    break;
+  }
+  case 3: case 7:
     /* Any handle, so long as a writable device stays. */
     if (nhandles > 1 && (!h->writable || count_writable () > 1))
       do_delete (h);
@@ -1232,13 +1520,13 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 
     /* Writes (and the out-of-range ones) go to a writable device. */
     if (type <= 4 || (type == 7 && aux == 0))
-      h = pick_writable (h - hslots);
+      h = pick_writable (h - hslots, false);
     CHECK (h != NULL, "model: no writable device");
     d = h->d;
     if (!clone && !snap)
       pick_range (&in, d, &off, &len);
     TRACE ("op %u on store %d: %s %lu+%lu\n", n, d->id,
-           clone ? "clone" : snap ? "snapshot/rollback/delete" :
+           clone ? "clone" : snap ? "snapshot/rollback/delete/volatile" :
            (const char *[]) { "write", "write", "write", "zero", "trim",
                               "read", "extents", "out-of-range" }[type],
            (unsigned long) off, (unsigned long) len);
@@ -1247,14 +1535,19 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       unsigned kind = take (&in, 1);
       uint32_t seed = take (&in, 4);
 
-      do_write (d, off, len, kind, seed);
+      /* Bit 0 of aux: FUA, on a volatile device. */
+      if (do_write (d, off, len, kind, seed) && h->vol && (aux & 1))
+        vol_fua_model (h, type, off, len, kind, seed);
       break;
     }
     case 3:
-      do_zero (d, off, len);
+      if (do_zero (d, off, len) && h->vol && (aux & 1))
+        vol_fua_model (h, type, off, len, 0, 0);
       break;
     case 4:
       do_trim (d, off, len);
+      if (h->vol && (aux & 1))
+        vol_fua_model (h, type, off, len, 0, 0);
       break;
     case 5:
       check_read (d, off, len);
@@ -1264,7 +1557,9 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       break;
     default:
       if (snap) {
-        do_snapshot_op (h, take (&in, 1));
+        unsigned sub = take (&in, 1);
+
+        do_snapshot_op (h, sub, sub % 8 == 6 ? take (&in, 8) : 0);
         break;
       }
       if (clone) {
@@ -1274,9 +1569,9 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
         struct dev *c;
 
         if (ndevs == MAX_DEVS || nhandles == MAX_HANDLES ||
-            dev_depth (d) == MAX_DEPTH) {
-          TRACE ("  no clone: %d stores, %d handles, depth %d\n", ndevs,
-                 nhandles, dev_depth (d));
+            dev_depth (d) == MAX_DEPTH || h->vol) {
+          TRACE ("  no clone: %d stores, %d handles, depth %d%s\n", ndevs,
+                 nhandles, dev_depth (d), h->vol ? ", volatile" : "");
           break;
         }
         h->writable = false;
