@@ -97,3 +97,70 @@ expect_fail() {
 expect_grep() {
     grep -Eq -- "$1" "$2" || { cat "$2"; fail "no '$1' in $2"; }
 }
+
+# Start-up checks (run_nbdkit, bad, good) read these, each unset by
+# default: $run, the --run command (true); $limit, the time limit in
+# seconds (30); $wrap, put before ${NBDKIT_WRAPPER:-} (setpriv ...);
+# $inner_wrap, put after it, just before nbdkit (env PATH=..., which
+# must not hide the wrapper's own command); $nbdkit_bin, the nbdkit to
+# run (an absolute path if $inner_wrap changes PATH); $run_check, a
+# command run with a description after each bad and good run.  The
+# socket is in $tmp, not `-U -` (that leaves /tmp/nbdkitXXXXXX behind
+# when the plugin refuses to start).
+
+# run_nbdkit ARGS...: nbdkit memblock ARGS runs $run; output $tmp/out, rc $rc.
+run_nbdkit() {
+    rc=0
+    rm -f "$tmp/run.sock"
+    timeout -k 5 ${limit:-30} ${wrap:-} ${NBDKIT_WRAPPER:-} ${inner_wrap:-} \
+        "${nbdkit_bin:-nbdkit}" -U "$tmp/run.sock" ${NBDKIT_EXTRA:-} \
+        "$MEMBLOCK_SO" "$@" --run "${run:-true}" >"$tmp/out" 2>&1 || rc=$?
+    tried=$((${tried:-0} + 1))
+}
+
+# bad WHO WHY ARGS...: ARGS stop nbdkit, one error line naming WHO, saying WHY.
+bad() {
+    who=$1 why=$2; shift 2
+    run_nbdkit "$@"
+    what="nbdkit memblock $(printf '%s ' "$@" | cut -c1-120)"
+    [ $rc -ne 124 ] && [ $rc -ne 137 ] ||
+        fail "$what: nbdkit hung (killed after ${limit:-30} s)"
+    [ $rc -ne 0 ] || { cat "$tmp/out"; fail "$what: accepted"; }
+    [ $rc -lt 128 ] || { cat "$tmp/out"; fail "$what: crashed (exit $rc)"; }
+    grep '^nbdkit: .*error: ' "$tmp/out" >"$tmp/errors" || :
+    if [ "$(wc -l <"$tmp/errors")" -ne 1 ]; then
+        cat "$tmp/out"; fail "$what: expected exactly one nbdkit error line"
+    fi
+    grep -qF -- "$who" "$tmp/errors" ||
+        { cat "$tmp/out"; fail "$what: the error line does not name '$who'"; }
+    grep -Eq -- "$why" "$tmp/errors" ||
+        { cat "$tmp/out"; fail "$what: the error line does not say '$why'"; }
+    [ -z "${run_check:-}" ] || $run_check "$what"
+    echo "ok (exit $rc): $(cut -c1-200 "$tmp/errors")"
+}
+
+# good ARGS...: ARGS must be accepted ($run must succeed).
+good() {
+    run_nbdkit "$@"
+    [ $rc -eq 0 ] ||
+        { cat "$tmp/out"; fail "nbdkit memblock $*: refused (exit $rc)"; }
+    [ -z "${run_check:-}" ] || $run_check "nbdkit memblock $*"
+}
+
+# client NAME [PYTHON]: connect h to export NAME on $sock, then run PYTHON.
+client() {
+    /usr/bin/python3 -c "
+import nbd, sys
+h = nbd.NBD()
+h.set_export_name(sys.argv[1])
+h.connect_unix(sys.argv[2])
+exec(sys.argv[3])
+" "$1" "$sock" "${2:-pass}"
+}
+
+# pick DIR CAP_BYTES: paths from / of DIR's files under 4 MiB, up to CAP in all.
+pick() {
+    find "$1" -type f -readable -size -4M -printf '%s %p\n' |
+        LC_ALL=C sort -k2 |
+        awk -v cap="$2" '{ if (t + $1 <= cap) { t += $1; print substr($0, length($1) + 3) } }'
+}

@@ -46,51 +46,8 @@ mkdir "$tmp/imgdir"
 cp "$small" "$tmp/unread.raw"
 chmod 000 "$tmp/unread.raw"
 
-# run_nbdkit ARGS...: start nbdkit on a private socket; if it comes up it
-# runs $run (default `true`) and exits with its status.  Output in
-# $tmp/out, status in $rc.  The socket is in $tmp, not `-U -` (that
-# leaves /tmp/nbdkitXXXXXX behind when the plugin refuses to start).
-# $wrap, if set, goes before nbdkit; $limit is the time limit in seconds.
-run=true
-wrap=
-limit=30
-run_nbdkit() {
-    rc=0
-    rm -f "$tmp/run.sock"
-    timeout -k 5 $limit $wrap ${NBDKIT_WRAPPER:-} nbdkit -U "$tmp/run.sock" \
-        ${NBDKIT_EXTRA:-} "$MEMBLOCK_SO" "$@" --run "$run" >"$tmp/out" 2>&1 ||
-        rc=$?
-    tried=$((tried + 1))
-}
-
-# bad PARAM WHY ARGS...: ARGS must stop nbdkit at start-up with exactly
-# one "nbdkit: ... error:" line, containing PARAM (fixed string: the
-# parameter) and matching WHY (extended regexp: the reason).
-bad() {
-    param=$1 why=$2; shift 2
-    run_nbdkit "$@"
-    what="nbdkit memblock $(printf '%s ' "$@" | cut -c1-100)"
-    [ $rc -ne 124 ] && [ $rc -ne 137 ] ||
-        fail "$what: nbdkit hung (killed after $limit s)"
-    [ $rc -ne 0 ] || { cat "$tmp/out"; fail "$what: accepted"; }
-    [ $rc -lt 128 ] || { cat "$tmp/out"; fail "$what: crashed (exit $rc)"; }
-    grep '^nbdkit: .*error: ' "$tmp/out" >"$tmp/errors" || :
-    if [ "$(wc -l <"$tmp/errors")" -ne 1 ]; then
-        cat "$tmp/out"; fail "$what: expected exactly one nbdkit error line"
-    fi
-    grep -qF -- "$param" "$tmp/errors" ||
-        { cat "$tmp/out"; fail "$what: the error line does not name '$param'"; }
-    grep -Eq -- "$why" "$tmp/errors" ||
-        { cat "$tmp/out"; fail "$what: the error line does not say '$why'"; }
-    echo "ok (exit $rc): $(cut -c1-160 "$tmp/errors")"
-}
-
-# good ARGS...: ARGS must be accepted ($run must succeed).
-good() {
-    run_nbdkit "$@"
-    [ $rc -eq 0 ] ||
-        { cat "$tmp/out"; fail "nbdkit memblock $*: refused (exit $rc)"; }
-}
+# run_nbdkit, bad, good and client are in lib.sh: $run is the --run
+# command, $wrap goes before nbdkit, $limit is the time limit in seconds.
 
 # check_dev EXPORT SIZE FILE: a --run command: EXPORT is SIZE bytes and
 # reads as FILE, then zeroes.  ($unixsocket is set by nbdkit --run.)
@@ -190,17 +147,6 @@ run=true
 # --- Client export names, dynamic=true. --------------------------------------
 start_server dyn dynamic=true "name=g:ro:file=$small" name=w:size=8M \
     name=b2:ro:from=g
-
-# client NAME PYTHON: connect to export NAME (any bytes) and run PYTHON.
-client() {
-    /usr/bin/python3 -c "
-import nbd, sys
-h = nbd.NBD()
-h.set_export_name(sys.argv[1])
-h.connect_unix(sys.argv[2])
-exec(sys.argv[3])
-" "$1" "$sock" "${2:-pass}"
-}
 
 # refused EXPORT DEVICE: a connect to EXPORT is refused, leaves a new
 # error line in the log naming it, and creates no device DEVICE.

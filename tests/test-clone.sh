@@ -43,11 +43,6 @@ img=$tmp/golden.raw
 # /usr/share/doc, in name order, plus /blob: 4 MiB of random data that a
 # clone deletes and fstrims later.
 mkdir "$tmp/root"
-pick() {    # pick DIR CAP_BYTES: relative paths of files up to CAP in all
-    find "$1" -type f -readable -size -4M -printf '%s %p\n' |
-        LC_ALL=C sort -k2 |
-        awk -v cap="$2" '{ if (t + $1 <= cap) { t += $1; print substr($0, length($1) + 3) } }'
-}
 { pick /usr/bin $((36 * M)); pick /usr/share/doc $((12 * M)); } >"$tmp/files"
 tar -C / -cf - -T "$tmp/files" | tar -xf - -C "$tmp/root" ||
     fail "cannot copy the staged files"

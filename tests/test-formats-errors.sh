@@ -83,19 +83,10 @@ start_plugin logged --filter=log file "$small" "logfile=$tmp/logged.log"
 logged_uri="nbd+unix:///?socket=$sock"
 
 # --- Command lines. -----------------------------------------------------------
-# run_nbdkit ARGS...: as in test-clone-errors.sh; $wrap goes before
-# nbdkit (env PATH=..., setpriv), $limit is the time limit.
-run=true
-wrap=
-limit=30
-run_nbdkit() {
-    rc=0
-    rm -f "$tmp/run.sock"
-    timeout -k 5 $limit ${NBDKIT_WRAPPER:-} $wrap "$nbdkit_bin" -U "$tmp/run.sock" \
-        ${NBDKIT_EXTRA:-} "$MEMBLOCK_SO" "$@" --run "$run" >"$tmp/out" 2>&1 ||
-        rc=$?
-    tried=$((tried + 1))
-}
+# run_nbdkit, bad, good and client are in lib.sh.  $inner_wrap (env
+# PATH=..., setpriv) goes after NBDKIT_WRAPPER, just before nbdkit: the
+# PATH must not hide the wrapper's command, and $nbdkit_bin is absolute.
+# $limit is the time limit.
 
 # no_qemu_nbd WHAT: no qemu-nbd of this test's files is left running.
 no_qemu_nbd() {
@@ -105,37 +96,8 @@ no_qemu_nbd() {
         sleep 0.1; i=$((i + 1))
     done
 }
-
-# bad DEVICE WHY ARGS...: ARGS must stop nbdkit at start-up with exactly
-# one "nbdkit: ... error:" line, naming DEVICE (fixed string) and
-# matching WHY (extended regexp: the cause).
-bad() {
-    who=$1 why=$2; shift 2
-    run_nbdkit "$@"
-    what="nbdkit memblock $(printf '%s ' "$@" | cut -c1-120)"
-    [ $rc -ne 124 ] && [ $rc -ne 137 ] ||
-        fail "$what: nbdkit hung (killed after $limit s)"
-    [ $rc -ne 0 ] || { cat "$tmp/out"; fail "$what: accepted"; }
-    [ $rc -lt 128 ] || { cat "$tmp/out"; fail "$what: crashed (exit $rc)"; }
-    grep '^nbdkit: .*error: ' "$tmp/out" >"$tmp/errors" || :
-    if [ "$(wc -l <"$tmp/errors")" -ne 1 ]; then
-        cat "$tmp/out"; fail "$what: expected exactly one nbdkit error line"
-    fi
-    grep -qF -- "$who" "$tmp/errors" ||
-        { cat "$tmp/out"; fail "$what: the error line does not name '$who'"; }
-    grep -Eq -- "$why" "$tmp/errors" ||
-        { cat "$tmp/out"; fail "$what: the error line does not say '$why'"; }
-    no_qemu_nbd "$what"
-    echo "ok (exit $rc): $(cut -c1-200 "$tmp/errors")"
-}
-
-# good ARGS...: ARGS must be accepted ($run must succeed).
-good() {
-    run_nbdkit "$@"
-    [ $rc -eq 0 ] ||
-        { cat "$tmp/out"; fail "nbdkit memblock $*: refused (exit $rc)"; }
-    no_qemu_nbd "nbdkit memblock $*"
-}
+# Every bad and good run then checks that no qemu-nbd is left.
+run_check=no_qemu_nbd
 
 # The file: missing, a directory, a FIFO (refused at once, not waiting
 # for a writer), a character device, unreadable.
@@ -148,10 +110,10 @@ bad name=x 'null.*not a regular file' "name=x:ro:format=vmdk:file=/dev/null"
 if [ "$(id -u)" -eq 0 ]; then
     # Root reads a mode-000 file: drop the capabilities that allow it.
     command -v setpriv >/dev/null || fail "setpriv (util-linux) is not installed"
-    wrap="setpriv --bounding-set=-dac_override,-dac_read_search --"
+    inner_wrap="setpriv --bounding-set=-dac_override,-dac_read_search --"
 fi
 bad name=x 'unread\.qcow2.*[Pp]ermission denied' "name=x:ro:format=qcow2:file=$tmp/unread.qcow2"
-wrap=
+inner_wrap=
 
 # The wrong format; corrupt, truncated, encrypted; a backing file gone.
 bad name=x 'small\.raw.*not a qcow2 image.*not in qcow2 format' \
@@ -168,11 +130,11 @@ bad name=x 'orphan\.qcow2.*gone\.raw.*No such file' \
 
 # qemu-nbd not installed: a PATH with qemu-img only.  A raw image needs
 # neither.
-wrap="env PATH=$tmp/path"
+inner_wrap="env PATH=$tmp/path"
 bad name=x 'qemu-nbd.*not installed' "name=x:ro:format=qcow2:file=$q"
 good "name=x:ro:file=$small"
 good "name=x:ro:format=raw:file=$small"
-wrap=
+inner_wrap=
 
 # An unreachable URI: no such socket, a refused port, not a URI.
 bad name=x 'nosuch\.sock.*cannot connect' "name=x:ro:nbd=nbd+unix:///?socket=$tmp/nosuch.sock"
@@ -280,14 +242,6 @@ echo "control socket: $tried inputs tried in all"
 
 # --- Client export names (dynamic=true). --------------------------------------
 start_server dyn dynamic=true "name=g:ro:file=$small"
-client() {
-    /usr/bin/python3 -c "
-import nbd, sys
-h = nbd.NBD()
-h.set_export_name(sys.argv[1])
-h.connect_unix(sys.argv[2])
-" "$1" "$sock"
-}
 # refused_export EXPORT: a connect to EXPORT is refused with a new log
 # line naming it; no device x, no connection to the logged server, no
 # qemu-nbd.

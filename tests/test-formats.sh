@@ -50,11 +50,6 @@ elapsed() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 # /usr/share/doc, in name order, plus /blob: 2 MiB of random data that
 # the overlay changes.  A 48 MiB file system: the rest is holes.
 mkdir "$tmp/root"
-pick() {    # pick DIR CAP_BYTES: relative paths of files up to CAP in all
-    find "$1" -type f -readable -size -4M -printf '%s %p\n' |
-        LC_ALL=C sort -k2 |
-        awk -v cap="$2" '{ if (t + $1 <= cap) { t += $1; print substr($0, length($1) + 3) } }'
-}
 { pick /usr/bin $((16 * M)); pick /usr/share/doc $((4 * M)); } >"$tmp/files"
 tar -C / -cf - -T "$tmp/files" | tar -xf - -C "$tmp/root" ||
     fail "cannot copy the staged files"
