@@ -1,12 +1,13 @@
 # memblock benchmarks: shared helpers (servers, CPU pinning, /proc readings,
-# fio runs, the golden ext4 image).  Measures nothing itself;
-# fio-bench.py, sparse-bench.py, clone-bench.py and compress-bench.py use it.
+# the control socket client, fio runs, the golden ext4 image).  Measures
+# nothing itself; the *-bench.py scripts use it.
 
 import json
 import os
 import resource
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -214,6 +215,75 @@ def wait_nbd(uri, proc=None, timeout=120):
             raise RuntimeError("%s: no NBD handshake after %d s: %s" %
                                (uri, timeout, err))
         time.sleep(0.005)
+
+
+# ---------------------------------------------------------------- control
+
+def connect_unix(path, timeout, what):
+    """A stream socket connected to path, retried until timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise RuntimeError("no %s at %s" % (what, path))
+            time.sleep(0.01)
+
+
+class Ctl:
+    """A connection to memblock's control socket: JSON-RPC 2.0, one line
+    each way.  call() returns (result, round trip in seconds)."""
+
+    def __init__(self, path, timeout=60):
+        self.path = path
+        self.sock = connect_unix(path, timeout, "control socket")
+        self.rfile = self.sock.makefile("rb")
+        self.next_id = 1
+
+    def call(self, method, params=None):
+        """One request; raises on a JSON-RPC error or a closed socket."""
+        rid = self.next_id
+        self.next_id += 1
+        req = {"jsonrpc": "2.0", "id": rid, "method": method}
+        if params is not None:
+            req["params"] = params
+        line = json.dumps(req, separators=(",", ":")).encode() + b"\n"
+        t0 = time.perf_counter()
+        self.sock.sendall(line)
+        reply = self.rfile.readline()
+        t = time.perf_counter() - t0
+        if not reply:
+            raise RuntimeError("control: no reply to " + method)
+        msg = json.loads(reply)
+        if "error" in msg:
+            raise RuntimeError("control: %s %s: %s" %
+                               (method, params, msg["error"]))
+        return msg["result"], t
+
+    def device(self, name):
+        """device_list's entry for device (or snapshot) name."""
+        for d in self.call("device_list")[0]:
+            if d["name"] == name:
+                return d
+        raise RuntimeError("no device " + name)
+
+    def close(self):
+        """Close the connection."""
+        self.rfile.close()
+        self.sock.close()
+
+    def idle_rss(self, server):
+        """server's VmRSS with no connection open, the control one
+        included (the server has a thread per control client): closes
+        this connection, reads, connects again."""
+        self.close()
+        rss = server.idle_rss()
+        self.__init__(self.path)
+        return rss
 
 
 # ---------------------------------------------------------------- fio

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import sys
 import time
 
@@ -48,58 +47,6 @@ FIO_DEVICES = ("volatile", "plain")
 IN_FLIGHT = 32
 
 
-class Ctl:
-    """A connection to memblock's control socket: JSON-RPC 2.0, one line
-    each way.  call() returns (result, round trip in seconds)."""
-
-    def __init__(self, path, timeout=60):
-        self.path = path
-        deadline = time.monotonic() + timeout
-        while True:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise RuntimeError("no control socket at " + path)
-                time.sleep(0.01)
-        self.rfile = self.sock.makefile("rb")
-        self.next_id = 1
-
-    def call(self, method, params=None):
-        rid = self.next_id
-        self.next_id += 1
-        req = {"jsonrpc": "2.0", "id": rid, "method": method}
-        if params is not None:
-            req["params"] = params
-        line = json.dumps(req, separators=(",", ":")).encode() + b"\n"
-        t0 = time.perf_counter()
-        self.sock.sendall(line)
-        reply = self.rfile.readline()
-        t = time.perf_counter() - t0
-        if not reply:
-            raise RuntimeError("control: no reply to " + method)
-        msg = json.loads(reply)
-        if "error" in msg:
-            raise RuntimeError("control: %s %s: %s" %
-                               (method, params, msg["error"]))
-        return msg["result"], t
-
-    def close(self):
-        self.rfile.close()
-        self.sock.close()
-
-    def idle_rss(self, server):
-        """server's VmRSS with no connection open, this one included (a
-        thread per control client): closes it, reads, connects again."""
-        self.close()
-        rss = server.idle_rss()
-        self.__init__(self.path)
-        return rss
-
-
 def start(servers, label, devices, extra=(), cpu=None):
     """nbdkit memblock with devices and a control socket; (server, Ctl)."""
     ctl_path = os.path.join(servers.sockdir, label + ".ctl")
@@ -107,7 +54,7 @@ def start(servers, label, devices, extra=(), cpu=None):
                       list(extra) + list(devices), cpu=cpu)
     first = devices[0].split(":")[0].replace("name=", "")
     bl.wait_nbd(s.export_uri(first), s.proc)
-    return s, Ctl(ctl_path)
+    return s, bl.Ctl(ctl_path)
 
 
 def drain(h, pending, limit):

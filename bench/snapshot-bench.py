@@ -54,7 +54,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -77,76 +76,12 @@ ROLLBACK_WRITES = 64            # 4 KiB writes before each timed rollback
 
 # ---------------------------------------------------------------- clients
 
-def connect_unix(path, timeout, what):
-    """A stream socket connected to path, retried until timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(path)
-            return sock
-        except OSError:
-            sock.close()
-            if time.monotonic() > deadline:
-                raise RuntimeError("no %s at %s" % (what, path))
-            time.sleep(0.01)
-
-
-class Ctl:
-    """A connection to memblock's control socket: JSON-RPC 2.0, one line
-    each way.  call() returns (result, round trip in seconds)."""
-
-    def __init__(self, path, timeout=60):
-        self.path = path
-        self.sock = connect_unix(path, timeout, "control socket")
-        self.rfile = self.sock.makefile("rb")
-        self.next_id = 1
-
-    def call(self, method, params=None):
-        rid = self.next_id
-        self.next_id += 1
-        req = {"jsonrpc": "2.0", "id": rid, "method": method}
-        if params is not None:
-            req["params"] = params
-        line = json.dumps(req, separators=(",", ":")).encode() + b"\n"
-        t0 = time.perf_counter()
-        self.sock.sendall(line)
-        reply = self.rfile.readline()
-        t = time.perf_counter() - t0
-        if not reply:
-            raise RuntimeError("control: no reply to " + method)
-        msg = json.loads(reply)
-        if "error" in msg:
-            raise RuntimeError("control: %s %s: %s" %
-                               (method, params, msg["error"]))
-        return msg["result"], t
-
-    def device(self, name):
-        for d in self.call("device_list")[0]:
-            if d["name"] == name:
-                return d
-        raise RuntimeError("no device " + name)
-
-    def close(self):
-        self.rfile.close()
-        self.sock.close()
-
-    def idle_rss(self, server):
-        """server's VmRSS with no connection open, the control one
-        included (the server has a thread per control client): closes
-        this connection, reads, connects again."""
-        self.close()
-        rss = server.idle_rss()
-        self.__init__(self.path)
-        return rss
-
-
 class Qmp:
     """A QMP connection to qemu-storage-daemon.  call() returns (return,
     round trip in seconds); events are skipped."""
 
     def __init__(self, path, timeout=60):
-        self.sock = connect_unix(path, timeout, "QMP socket")
+        self.sock = bl.connect_unix(path, timeout, "QMP socket")
         self.rfile = self.sock.makefile("rb")
         json.loads(self.rfile.readline())       # the greeting
         self.call("qmp_capabilities")
@@ -187,7 +122,7 @@ def start_memblock(servers, label, devices, extra=(), control=True):
     s = servers.start(label, args + list(devices))
     first = devices[0].split(":")[0].replace("name=", "")
     bl.wait_nbd(s.export_uri(first), s.proc)
-    return s, (Ctl(ctl_path) if control else None)
+    return s, (bl.Ctl(ctl_path) if control else None)
 
 
 class Qsd:
