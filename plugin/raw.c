@@ -279,7 +279,23 @@ raw_write_chunk (struct store *s, struct chunk *c, uint64_t base,
       pos = run;
       continue;
     }
-    /* Other pages one at a time: zero data stays a hole. */
+    /* Other pages one at a time: zero data stays a hole.  A run of
+     * several with data has the kernel fault them in with one call
+     * rather than a fault per page (a hint, as in raw_fill); a page of
+     * it that stays a hole is then given back.
+     */
+    bool populated = false;
+
+#ifdef MADV_POPULATE_WRITE
+    if (run - pos > STORE_PAGE &&
+        !store_is_zero (in + (pos - coff), run - pos)) {
+      uint64_t a = pos & ~(STORE_PAGE - 1);
+
+      populated = madvise (c->data + a, ((run + STORE_PAGE - 1)
+                                         & ~(STORE_PAGE - 1)) - a,
+                           MADV_POPULATE_WRITE) == 0;
+    }
+#endif
     while (pos < run) {
       uint64_t next = MIN ((pos | (STORE_PAGE - 1)) + 1, run);
       uint64_t p = pos >> STORE_PAGE_SHIFT, at = p << STORE_PAGE_SHIFT;
@@ -287,8 +303,10 @@ raw_write_chunk (struct store *s, struct chunk *c, uint64_t base,
       if (cls == STORE_SOURCE)
         gained += raw_source_to_own (s, c, base, p, pos - at, next - at,
                                      in + (pos - coff));
-      else
-        gained += raw_zero_to_data (s, c, p, pos, next, in + (pos - coff));
+      else if (raw_zero_to_data (s, c, p, pos, next, in + (pos - coff)))
+        gained++;
+      else if (populated)
+        arena_release (c->data + at, STORE_PAGE, false);
       pos = next;
     }
   }

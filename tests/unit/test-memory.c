@@ -361,6 +361,53 @@ START_TEST (test_compressed_rss)
 }
 END_TEST
 
+/* 1 MiB writes into pages the store does not hold yet, every third
+ * page all zero, in a plain store and in a clone of it (whose pages show
+ * the source): the kernel faults a write's run in at once
+ * (MADV_POPULATE_WRITE), and the pages that stay holes are given back,
+ * so the RSS grows by the pages with data, as the store counts them.
+ */
+START_TEST (test_populate_rss)
+{
+  static const uint64_t size = 64 * MiB;
+  struct store_limit limit = { .max = UINT64_MAX };
+  struct store *src = store_create (size, 24, &limit), *s = src;
+  unsigned char *buf = malloc (MiB);
+  uint64_t base, grown, slack = 2 * MiB;
+
+  ck_assert_ptr_nonnull (src);
+  ck_assert_ptr_nonnull (buf);
+  if (_i == 1) {
+    /* The clone's source holds only a page per chunk. */
+    for (uint64_t o = 0; o < size; o += 16 * MiB) {
+      memset (buf, 0x5a, STORE_PAGE);
+      ck_assert_int_eq (store_write (src, buf, STORE_PAGE, o), 0);
+    }
+    ck_assert_ptr_nonnull (s = store_create_clone (src, &limit));
+  }
+  for (uint64_t p = 0; p < MiB / STORE_PAGE; p++)
+    memset (buf + p * STORE_PAGE, p % 3 ? (int) (p | 1) : 0, STORE_PAGE);
+  base = helpers_rss_bytes ();
+  for (uint64_t o = 0; o < size; o += MiB)
+    ck_assert_int_eq (store_write (s, buf, MiB, o), 0);
+  grown = helpers_rss_bytes () - base;
+  fprintf (stderr, "populate (%s): RSS +%" PRIu64 " KiB for %" PRIu64
+           " KiB of data\n", _i ? "clone" : "plain", grown / KiB,
+           store_data (s) / KiB);
+  /* 170 of each MiB's 256 pages hold data (a source page under a zero
+   * page is hidden, not data).
+   */
+  ck_assert_uint_eq (store_data (s), size / MiB * 170 * STORE_PAGE);
+  ck_assert_msg (!HELPERS_RSS_CHECKED || grown <= store_data (s) + slack,
+                 "RSS +%" PRIu64 " KiB, the store holds %" PRIu64 " KiB",
+                 grown / KiB, store_data (s) / KiB);
+  if (s != src)
+    store_destroy (s);
+  store_destroy (src);
+  free (buf);
+}
+END_TEST
+
 /* Run the memory suite. */
 int
 main (void)
@@ -376,5 +423,7 @@ main (void)
   tcase_add_loop_test (tc, test_headers_capped, 0, 3);
   tc = helpers_add_tcase (s, "compressed rss", 120);
   tcase_add_loop_test (tc, test_compressed_rss, 1, HELPERS_NCODECS);
+  tc = helpers_add_tcase (s, "populate rss", 60);
+  tcase_add_loop_test (tc, test_populate_rss, 0, 2);
   return helpers_run (s);
 }
