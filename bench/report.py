@@ -1039,7 +1039,7 @@ def store_compare_section(r, d, compressed):
 
 
 # Power cuts: store-bench -V's variants, and its lines.
-POWER_VARIANTS = ("plain", "volatile", "vol-warm")
+POWER_VARIANTS = ("plain", "volatile", "vol-warm", "cold")
 POWER_CUT_MS = 10.0             # a cut of 256 MiB unflushed, round trip
 POWER_WRITE_RATIO = 0.85        # in-process writes, volatile / plain
 
@@ -1082,23 +1082,29 @@ def power_section(r, d, resdir):
               "bookkeeping (the device's")
         r.out("mutex, a log append, the counts); vol-warm, the same with "
               "the cache holding every page")
-        r.out("already (never flushed).  4 KiB random, 1 MiB sequential; "
-              "medians of %s, order" % rounds(len(f[want[0]][2])).replace(
-                  "round", "run"))
-        r.out("rotated; ratios: median of the runs' own.")
-        r.out("%-6s %-3s %3s %8s %8s %8s %9s %9s  %s" %
-              ("op", "bs", "thr", "plain", "volatile", "vol-warm",
-               "vol/plain", "warm/pl.", "per run: plain | volatile | "
-               "vol-warm"))
+        r.out("already (never flushed); cold, a plain store trimmed whole "
+              "before each run, so that its")
+        r.out("writes too land in pages it does not hold (the kernel faults "
+              "each in; its reads read holes).")
+        r.out("4 KiB random, 1 MiB sequential; medians of %s, order "
+              "rotated;" % rounds(len(f[want[0]][2])).replace("round", "run"))
+        r.out("ratios: median of the runs' own.")
+        r.out("%-6s %-3s %3s %8s %8s %8s %8s %9s %9s %9s  %s" %
+              ("op", "bs", "thr", "plain", "volatile", "vol-warm", "cold",
+               "vol/plain", "warm/pl.", "vol/cold", "per run: plain | "
+               "volatile | vol-warm | cold"))
         for op in ("write", "read"):
             for bs in ("4k", "1m"):
                 for t in (1, 2):
                     v = [f[(op, bs, t, x)] for x in POWER_VARIANTS]
                     rv = power_paired(v[0][2], v[1][2])
                     rw = power_paired(v[0][2], v[2][2])
+                    rc = power_paired(v[3][2], v[1][2])
                     wr[(op, bs, t)] = (rv, rw)
-                    r.out("%-6s %-3s %3d %8.3f %8.3f %8.3f %9.3f %9.3f  %s" %
-                          (op, bs, t, v[0][0], v[1][0], v[2][0], rv, rw,
+                    r.out("%-6s %-3s %3d %8.3f %8.3f %8.3f %8.3f %9.3f %9.3f "
+                          "%9s  %s" %
+                          (op, bs, t, v[0][0], v[1][0], v[2][0], v[3][0], rv,
+                           rw, "%.3f" % rc if op == "write" else "-",
                            " | ".join(per_round(x[2], "%.3f") for x in v)))
         r.out("Flush in process (gate_close, store_fold, store_forget, the "
               "log emptied, gate_open) of")

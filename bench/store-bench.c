@@ -65,7 +65,11 @@
  *              vol-warm  the same over another store, its cache holding
  *                        every page already (written once at the start,
  *                        never flushed): writes overwrite the cache's own
- *                        pages.
+ *                        pages;
+ *              cold      a plain store trimmed whole before each run
+ *                        (untimed): its writes, like volatile's, land in
+ *                        pages it does not hold, which the kernel must
+ *                        fault in (its reads read holes).
  *            Then the flush: the cache is filled with F MiB (the smaller
  *            of 256 and 2 x -m; "flushmib F") of 4 KiB writes at random
  *            offsets, each page once, or of 1 MiB sequential writes (with
@@ -109,7 +113,7 @@
 #define CHUNK ((uint64_t) 1 << CHUNK_SHIFT)
 #define ZRANGE (4 * CHUNK)              /* each zero-write range */
 #define PAGE 4096
-#define MAX_VARIANTS 3
+#define MAX_VARIANTS 4
 #define MAX_REPS 99
 #define MAX_LAYERS 64
 #define LAYER_PERCENT 3                 /* -l: pages written per layer */
@@ -137,6 +141,10 @@ static const char *op_name[] = { "read", "write", "zwrite", "zwrite-chunk" };
 static struct store *stores[MAX_VARIANTS];
 static unsigned char *plain;
 static unsigned char *zeroes;           /* BIG zero bytes */
+/* Where each thread's reads land: not its write buffer, which a read of
+ * holes would turn into zeroes for the writes after it.
+ */
+static unsigned char *rbufs[MAX_THREADS];
 static uint64_t region;                 /* bytes per thread */
 static uint64_t zbase;
 static pthread_mutex_t global_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -355,7 +363,8 @@ run (int threads, enum op op, uint64_t bs, const struct variant *v,
   pthread_barrier_init (&barrier, NULL, threads + 1);
   for (i = 0; i < threads; i++) {
     jobs[i] = (struct job) { .id = i, .op = op, .bs = bs, .v = v,
-                             .buf = op >= OP_ZWRITE ? zeroes : bufs[i],
+                             .buf = op >= OP_ZWRITE ? zeroes
+                                    : op == OP_READ ? rbufs[i] : bufs[i],
                              .rotate = rotate };
     if (pthread_create (&tid[i], NULL, worker, &jobs[i]) != 0)
       die ("pthread_create");
@@ -725,6 +734,7 @@ main (int argc, char **argv)
     stores[nstores++] = new_store ();   /* plain */
     stores[nstores++] = new_store ();   /* volatile's durable store */
     stores[nstores++] = new_store ();   /* vol-warm's */
+    stores[nstores++] = new_store ();   /* cold */
     gate_init (&gate);
     for (i = 0; i < 2; i++) {
       gate_init (&vdevs[i].gate);
@@ -733,6 +743,7 @@ main (int argc, char **argv)
     add_variant ("plain", K_GATE, stores[0]);
     add_variant ("volatile", K_VOL, NULL);      /* their caches, once */
     add_variant ("vol-warm", K_VOL, NULL);      /* the prefill is in */
+    add_variant ("cold", K_GATE, stores[3]);    /* trimmed before each run */
     variants[1].vol = &vdevs[0];
     variants[2].vol = &vdevs[1];
   }
@@ -793,7 +804,8 @@ main (int argc, char **argv)
   }
   for (i = 0; i < MAX_THREADS; i++) {
     bufs[i] = aligned_alloc (4096, BIG);
-    if (bufs[i] == NULL)
+    rbufs[i] = aligned_alloc (4096, BIG);
+    if (bufs[i] == NULL || rbufs[i] == NULL)
       die ("aligned_alloc");
     if (pool != NULL)
       /* Each thread writes data from the other's range. */
@@ -853,6 +865,9 @@ main (int argc, char **argv)
               vdev_flush (&vdevs[0], variants[1].st);
             else if (volmode && v == 2)
               vdev_clear (&vdevs[1]);
+            else if (volmode && v == 3 &&
+                     store_trim (variants[3].st, region * MAX_THREADS, 0) == -1)
+              die ("store_trim");
 #endif
             res[t - 1][o][s][v][r] = run (t, o, sizes[s], &variants[v], secs,
                                           bufs, pool != NULL);
@@ -931,7 +946,9 @@ main (int argc, char **argv)
     munmap (plain, plain_size);
   free (zeroes);
   free (pool);
-  for (i = 0; i < MAX_THREADS; i++)
+  for (i = 0; i < MAX_THREADS; i++) {
     free (bufs[i]);
+    free (rbufs[i]);
+  }
   return 0;
 }
