@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <libgen.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,12 +77,12 @@ declare_cycle (const struct connect *c, char *buf, size_t len)
 static int
 declare_persist (const struct connect *c, const char *what)
 {
-  char dir[4096];
-  char *slash;
+  char path[4096];
+  const char *dir;
   struct stat st;
   int exists;
 
-  if (snprintf (dir, sizeof dir, "%s", c->persist) >= (int) sizeof dir) {
+  if (snprintf (path, sizeof path, "%s", c->persist) >= (int) sizeof path) {
     nbdkit_error ("%s: persist=%s: the path is too long", what, c->persist);
     return -1;
   }
@@ -100,11 +101,7 @@ declare_persist (const struct connect *c, const char *what)
     nbdkit_error ("%s: persist=%s: %m", what, c->persist);
     return -1;
   }
-  slash = strrchr (dir, '/');   /* the path is absolute (connect.c) */
-  if (slash == dir)
-    slash[1] = '\0';
-  else
-    *slash = '\0';
+  dir = dirname (path);          /* the path is absolute (connect.c) */
   /* A missing directory or a file on the way failed the stat above. */
   if (access (dir, W_OK | X_OK) == -1) {
     nbdkit_error ("%s: persist=%s: the directory %s, where the device is "

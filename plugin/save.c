@@ -40,6 +40,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <libgen.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -295,17 +296,11 @@ save_rename (const char *tmp, const char *path, bool overwrite)
 static int
 save_sync_dir (const char *path)
 {
-  char dir[SAVE_PATH_MAX];
-  char *slash;
+  char copy[SAVE_PATH_MAX];
   int fd, r, e;
 
-  snprintf (dir, sizeof dir, "%s", path);
-  slash = strrchr (dir, '/');
-  if (slash == dir)
-    slash[1] = '\0';
-  else
-    *slash = '\0';
-  fd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  snprintf (copy, sizeof copy, "%s", path);
+  fd = open (dirname (copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd == -1)
     return -1;
   r = fsync (fd);
