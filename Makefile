@@ -41,7 +41,7 @@ STORE_SRCS  := plugin/store.c plugin/pagelock.c plugin/acct.c plugin/clone.c \
                plugin/raw.c plugin/units.c plugin/pool.c plugin/fill.c \
                plugin/extents.c \
                plugin/chunkdir.c plugin/arena.c plugin/codec.c \
-               plugin/layer.c plugin/gate.c
+               plugin/layer.c plugin/gate.c plugin/spare.c
 # The control socket and what it drives: devices managed at run time.
 CONTROL_SRCS := plugin/manage.c plugin/report.c plugin/job.c plugin/save.c \
                 plugin/control.c plugin/rpc.c

@@ -52,11 +52,14 @@
  *            and writes of three devices, each request passing the
  *            device's gate as with -g:
  *              plain     a store;
- *              volatile  a cache (store_create_like) over a store holding
- *                        the prefill, emptied before each run as a flush
- *                        leaves it (store_fold, store_forget, untimed):
- *                        its writes land in pages the cache does not hold
- *                        yet.  Each request also checks the cut state
+ *              volatile  a cache (store_create_like, store_set_retain)
+ *                        over a store holding the prefill, written whole
+ *                        and then flushed before each run (store_fold,
+ *                        store_forget_keep, untimed): its writes land in
+ *                        pages the cache does not hold, but keeps as
+ *                        spares (plugin/spare.c), as after a flush the
+ *                        pages written before it.  Each request also
+ *                        checks the cut state
  *                        (memblock_cut_off) and each write does what
  *                        vol_wrote does without FUA: the device's mutex
  *                        around the write count, a log append (grown by
@@ -74,7 +77,7 @@
  *            of 256 and 2 x -m; "flushmib F") of 4 KiB writes at random
  *            offsets, each page once, or of 1 MiB sequential writes (with
  *            the same bookkeeping), and what vol_flush does is timed:
- *            gate_close, store_fold, store_forget, the log emptied,
+ *            gate_close, store_fold, store_forget_keep, the log emptied,
  *            gate_open.  Lines "flush 4k 1 volatile" and "flush 1m 1
  *            volatile" give F MiB / that time in GiB/s.
  *   In all three, the variants' order rotates each run.
@@ -604,7 +607,8 @@ vdev_flush (struct vdev *d, struct store *cache)
   double t0 = clock_s (CLOCK_MONOTONIC);
 
   gate_close (&d->gate);
-  if (store_fold (cache) == -1 || store_forget (cache) == -1)
+  if (store_fold (cache) == -1 ||
+      (store_forget_keep (cache) == -1 && store_forget (cache) == -1))
     die ("store_fold");
   vdev_clear (d);
   gate_open (&d->gate);
@@ -842,7 +846,8 @@ main (int argc, char **argv)
   if (volmode) {
     /* The caches over the prefilled stores; vol-warm's gets every page. */
     for (i = 1; i <= 2; i++)
-      if ((variants[i].st = store_create_like (stores[i])) == NULL)
+      if ((variants[i].st = store_create_like (stores[i])) == NULL ||
+          store_set_retain (variants[i].st) == -1)
         die ("store_create_like");
     for (uint64_t off = 0; off < region * MAX_THREADS; off += BIG)
       if (store_write (variants[2].st, bufs[1], BIG, off) == -1)
@@ -861,8 +866,12 @@ main (int argc, char **argv)
             int v = rotate ? (k + r) % nvariants : k;
 
 #if HAVE_LAYERS
-            if (volmode && v == 1)      /* as a flush leaves it */
+            if (volmode && v == 1) {    /* as a flush leaves it */
+              for (uint64_t off = 0; off < region * MAX_THREADS; off += BIG)
+                if (store_write (variants[1].st, bufs[1], BIG, off) == -1)
+                  die ("store_write");
               vdev_flush (&vdevs[0], variants[1].st);
+            }
             else if (volmode && v == 2)
               vdev_clear (&vdevs[1]);
             else if (volmode && v == 3 &&

@@ -123,6 +123,17 @@ acct_pages (struct tally *t, uint64_t gained, uint64_t released)
   t->held += ((int64_t) gained - (int64_t) released) * (int64_t) STORE_PAGE;
 }
 
+/* Count spare pages (spare.c, K2) taken into use or given back: they
+ * were held already, so the memory held falls by them (and rises again
+ * by the pages gained).
+ */
+void
+acct_spare (struct tally *t, uint64_t pages)
+{
+  t->spare_gone += pages * STORE_PAGE;
+  t->held -= (int64_t) (pages * STORE_PAGE);
+}
+
 /* Bring the counters in line with what the request did, and give back
  * what it reserved and did not come to hold (I5).
  */
@@ -142,6 +153,9 @@ acct_settle (struct store *s, const struct tally *t)
                                memory_order_relaxed);
   if (t->meta != 0)
     atomic_fetch_add_explicit (&s->meta, t->meta, memory_order_relaxed);
+  if (t->spare_gone != 0)
+    atomic_fetch_sub_explicit (&s->spare, t->spare_gone,
+                               memory_order_relaxed);
   if (s->limit != NULL && (int64_t) t->reserved != kept)
     atomic_fetch_sub_explicit (&s->limit->used,
                                t->reserved - (uint64_t) kept,

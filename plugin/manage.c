@@ -129,7 +129,7 @@ manage_describe (const struct device *dev, struct manage_info *info)
     info->allocated += store_allocated (store_source (dev->store));
     info->data += store_data (store_source (dev->store));
     info->vol = true;
-    vol_status (dev->vol, &info->vstatus);
+    vol_status (dev, &info->vstatus);
   }
   info->connections = dev->opens;
   gate_counts ((struct gate *) &dev->gate, counts);
@@ -538,7 +538,7 @@ manage_power_status (const char *device, struct vol_status *st,
 
   registry_lock_table ();
   if ((dev = manage_find_volatile (device, err)) != NULL) {
-    vol_status (dev->vol, st);
+    vol_status (dev, st);
     r = 0;
   }
   registry_unlock_table ();

@@ -142,32 +142,39 @@ raw_read (struct store *s, struct chunk *c, uint64_t base,
 }
 
 /* ZERO to DATA: bytes [pos, next) of locked page p get in, unless they
- * are all zero (the page stays a hole).  Returns 1 if the page was set.
+ * are all zero (the page stays a hole).  A spare page taken back is
+ * cleared first (K1 in spare.c).  Returns 1 if the page was set.
  */
 static uint64_t
 raw_zero_to_data (struct store *s, struct chunk *c, uint64_t p,
-                  uint64_t pos, uint64_t next, const unsigned char *in)
+                  uint64_t pos, uint64_t next, const unsigned char *in,
+                  struct tally *t)
 {
   if (store_is_zero (in, next - pos))
     return 0;
   raw_pin (s, c, p);
+  if (spare_take (s, c, p, t))
+    memset (c->data + (p << STORE_PAGE_SHIFT), 0, STORE_PAGE);
   memcpy (c->data + pos, in, next - pos);
   return pagemap_mark (c, p);
 }
 
 /* SOURCE to DATA or ZERO: locked page p of clone chunk c (at base) is
  * copied up with bytes [from, to) of it becoming src (zeroes if NULL),
- * kept if not all zero, and hidden (C1, C2).  Returns 1 if it was set.
+ * kept if not all zero, and hidden (C1, C2).  A spare page is taken back
+ * (the copy-up writes all of it, K1 in spare.c).  Returns 1 if it was
+ * set.
  */
 static uint64_t
 raw_source_to_own (struct store *s, struct chunk *c, uint64_t base,
                    uint64_t p, uint64_t from, uint64_t to,
-                   const unsigned char *src)
+                   const unsigned char *src, struct tally *t)
 {
   unsigned char *page = c->data + (p << STORE_PAGE_SHIFT);
   uint64_t gained = 0;
 
   raw_pin (s, c, p);
+  spare_take (s, c, p, t);
   if (clone_copy_up (s, page, base + (p << STORE_PAGE_SHIFT), from, to, src))
     gained = pagemap_mark (c, p);
   else
@@ -177,16 +184,23 @@ raw_source_to_own (struct store *s, struct chunk *c, uint64_t base,
 }
 
 /* DATA to ZERO: clear locked pages [p, q) of chunk c and give them
- * back, hiding them first in a clone (C2); returns pages released.
+ * back, hiding them first in a clone (C2); returns pages released.  The
+ * spare pages among them go back too (K1 in spare.c), counted in t.
  */
 static uint64_t
-raw_release (struct store *s, struct chunk *c, uint64_t p, uint64_t q)
+raw_release (struct store *s, struct chunk *c, uint64_t p, uint64_t q,
+             struct tally *t)
 {
   struct raw_run run = { 0, 0 };
-  uint64_t released = 0;
+  uint64_t released = 0, spared = spare_release_bits (s, c, p, q);
 
   if (c->hide)
     pagemap_hide (c, p, q);
+  if (spared > 0) {             /* whole runs, spares or not: all zero */
+    acct_spare (t, spared);
+    raw_run_add (s, c, &run, p, q);
+    raw_run_flush (s, c, &run);
+  }
   while (p < q) {
     uint64_t w = p / 64, mask = pagemap_word_mask (p, q, &p), old;
 
@@ -302,8 +316,8 @@ raw_write_chunk (struct store *s, struct chunk *c, uint64_t base,
 
       if (cls == STORE_SOURCE)
         gained += raw_source_to_own (s, c, base, p, pos - at, next - at,
-                                     in + (pos - coff));
-      else if (raw_zero_to_data (s, c, p, pos, next, in + (pos - coff)))
+                                     in + (pos - coff), t);
+      else if (raw_zero_to_data (s, c, p, pos, next, in + (pos - coff), t))
         gained++;
       else if (populated)
         arena_release (c->data + at, STORE_PAGE, false);
@@ -341,7 +355,7 @@ raw_write (struct store *s, const struct store_req *rq,
  */
 static uint64_t
 raw_zero_partial (struct store *s, struct chunk *c, uint64_t base,
-                  uint64_t from, uint64_t to)
+                  uint64_t from, uint64_t to, struct tally *t)
 {
   uint64_t gained = 0;
 
@@ -354,7 +368,8 @@ raw_zero_partial (struct store *s, struct chunk *c, uint64_t base,
       memset (c->data + from, 0, next - from);
       break;
     case STORE_SOURCE:
-      gained += raw_source_to_own (s, c, base, p, from - at, next - at, NULL);
+      gained += raw_source_to_own (s, c, base, p, from - at, next - at, NULL,
+                                   t);
       break;
     default:
       break;
@@ -385,12 +400,12 @@ raw_zero (struct store *s, struct chunk *c, uint64_t base,
   pagemap_span (coff, n, &p, &q);
   pagelock_lock (c, p, q);
   if (a >= b)
-    gained += raw_zero_partial (s, c, base, coff, end);
+    gained += raw_zero_partial (s, c, base, coff, end, t);
   else {
-    gained += raw_zero_partial (s, c, base, coff, a);
-    gained += raw_zero_partial (s, c, base, b, end);
+    gained += raw_zero_partial (s, c, base, coff, a, t);
+    gained += raw_zero_partial (s, c, base, b, end, t);
     released += raw_release (s, c, a >> STORE_PAGE_SHIFT,
-                             b >> STORE_PAGE_SHIFT);
+                             b >> STORE_PAGE_SHIFT, t);
   }
   pagelock_unlock (c, p, q);
   acct_pages (t, gained, released);
@@ -418,6 +433,7 @@ raw_fill (struct store *s, struct chunk *c, uint64_t base,
 #ifdef MADV_POPULATE_WRITE
   madvise (c->data + coff, n, MADV_POPULATE_WRITE);   /* a hint */
 #endif
+  spare_clear (s, c, p, q, t);  /* filled, then kept or given back */
   r = fn (opaque, c->data + coff, n, base + coff);
   for (; p < q; p++) {
     unsigned char *page = c->data + (p << STORE_PAGE_SHIFT);

@@ -386,6 +386,7 @@ rpc_vol_json (const struct vol_status *s)
       rpc_add (o, "writes", json_object_new_uint64 (s->writes)) ||
       rpc_add (o, "flushes", json_object_new_uint64 (s->flushes)) ||
       rpc_add (o, "cuts", json_object_new_uint64 (s->cuts)) ||
+      rpc_add (o, "spare_bytes", json_object_new_uint64 (s->spare_bytes)) ||
       rpc_add (o, "armed", json_object_new_boolean (s->armed)) ||
       rpc_add (o, "armed_after_writes",
                json_object_new_uint64 (s->armed_after)) ||

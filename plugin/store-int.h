@@ -46,6 +46,7 @@ struct tally {
   uint64_t released;            /* data: pages cleared */
   int64_t held;                 /* change in the memory the data holds */
   uint64_t meta;                /* chunks created: their headers (I6) */
+  uint64_t spare_gone;          /* spare pages taken or given back (K2) */
 };
 
 /* What malloc takes for an allocation of n bytes: its header, rounded
@@ -129,6 +130,8 @@ struct store {
   _Atomic uint64_t held;        /* bytes of memory they hold */
   _Atomic uint64_t meta;        /* bytes of chunk headers and tables (I6) */
   _Atomic uint64_t chunks;      /* chunks created */
+  bool retain;                  /* a volatile cache keeping spare pages */
+  _Atomic uint64_t spare;       /* bytes of spare pages, in held (K2) */
   struct store_limit *limit;    /* may be NULL */
 };
 
@@ -211,7 +214,17 @@ static inline size_t
 store_header_bytes (const struct store *s)
 {
   return sizeof (struct chunk)
-         + (s->source ? 3 : 2) * s->map_words * sizeof (uint64_t);
+         + ((s->source ? 3 : 2) + s->retain) * s->map_words
+           * sizeof (uint64_t);
+}
+
+/* The spare bitmap of chunk c of a retaining store (spare.c), after its
+ * other bitmaps; NULL if s does not retain.
+ */
+static inline _Atomic uint64_t *
+store_spare_bits (const struct store *s, struct chunk *c)
+{
+  return s->retain ? c->map + (s->source ? 3 : 2) * s->map_words : NULL;
 }
 
 /* store.c */
@@ -244,6 +257,7 @@ extern uint64_t acct_grow_cost (const struct store *s, uint64_t idx,
 extern int acct_prepay (struct store *s, struct tally *t, uint64_t bytes);
 extern int acct_meta (struct store *s, struct tally *t, uint64_t bytes);
 extern void acct_pages (struct tally *t, uint64_t gained, uint64_t released);
+extern void acct_spare (struct tally *t, uint64_t pages);
 extern void acct_settle (struct store *s, const struct tally *t);
 extern int acct_speculate (struct store *s, struct tally *t, uint64_t bytes);
 extern void acct_speculate_settle (struct store *s, const struct tally *t,
@@ -251,6 +265,14 @@ extern void acct_speculate_settle (struct store *s, const struct tally *t,
 extern void acct_watch (const struct store *s, struct acct_watch *w);
 extern bool acct_watch_retry (const struct store *s,
                               const struct acct_watch *w);
+
+/* spare.c */
+extern bool spare_take (struct store *s, struct chunk *c, uint64_t p,
+                        struct tally *t);
+extern uint64_t spare_release_bits (struct store *s, struct chunk *c,
+                                    uint64_t p, uint64_t q);
+extern void spare_clear (struct store *s, struct chunk *c, uint64_t p,
+                         uint64_t q, struct tally *t);
 
 /* clone.c */
 extern bool clone_source_has_chunk (const struct store *s, uint64_t idx);

@@ -35,14 +35,19 @@
  *       writes it kept whole, in part or not at all.  A flush or a cut
  *       empties the log.  The log and the counts are under v->lock, a
  *       lock of this device only.
- *   V6  A flush or a cut takes the cache's pages out in O(1) with the
- *       gate closed (store_forget_detach) and frees them after it
+ *   V6  A cut, or a flush that keeps no spares (V7), takes the cache's
+ *       pages out in O(1) with the gate closed (store_forget_detach) and frees them after it
  *       opens, on the reclaimer thread (vol_reclaim), so neither the
  *       requests waiting at the gate nor the control call's reply wait
  *       for the kernel to unmap them.  They stay counted against
  *       max-memory until freed.  The thread ends when nothing is left
  *       to free (so an idle server has no thread of ours), and is joined
  *       by the next vol_reclaim or by vol_stop (at unload).
+ *   V7  A raw cache retains (spare.c): a flush keeps the pages that held
+ *       data as spares for the writes after it (store_forget_keep, with
+ *       the gate closed), so they take no page faults; it empties the
+ *       cache as V6 says only when the cap is more than half used, and
+ *       a cut always does, spares included.
  *
  * With keep=random each unit-sized block of the cache's own pages is
  * kept or not by a hash of the seed and the block's index, so the same
@@ -211,6 +216,8 @@ vol_attach (struct device *dev)
     dev->vol = NULL;
     return -1;
   }
+  if (store_codec (cache) == CODEC_NONE)
+    store_set_retain (cache);   /* spare pages across flushes (V7) */
   store_destroy (dev->store);   /* the cache holds it now */
   dev->store = cache;
   return 0;
@@ -315,6 +322,7 @@ vol_flush (struct device *dev, unsigned generation)
     r = -1;
   }
   else if ((r = store_fold (dev->store)) == 0 &&
+           store_forget_keep (dev->store) == -1 &&
            (husk = store_forget_detach (dev->store)) == NULL)
     r = -1;
   if (r == 0) {
@@ -490,10 +498,13 @@ vol_power_cut (struct device *dev, const struct vol_cut *cut,
   return r;
 }
 
-/* Describe v. */
+/* Describe volatile device dev. */
 void
-vol_status (struct vol *v, struct vol_status *st)
+vol_status (const struct device *dev, struct vol_status *st)
 {
+  struct vol *v = dev->vol;
+
+  st->spare_bytes = store_spare (dev->store);
   pthread_mutex_lock (&v->lock);
   st->unflushed_writes = v->unflushed_writes;
   st->unflushed_bytes = v->unflushed_bytes;

@@ -34,6 +34,7 @@ struct vol_result {
 struct vol_status {
   uint64_t unflushed_writes, unflushed_bytes;
   uint64_t writes, flushes, cuts;
+  uint64_t spare_bytes;         /* pages the cache keeps across flushes */
   bool armed;
   uint64_t armed_after;         /* writes still to come before the cut */
   enum vol_keep armed_keep;
@@ -53,7 +54,7 @@ extern void vol_cut_armed (struct device *dev);
 extern int vol_flush (struct device *dev, unsigned generation);
 extern int vol_power_cut (struct device *dev, const struct vol_cut *cut,
                           struct vol_result *res);
-extern void vol_status (struct vol *v, struct vol_status *st);
+extern void vol_status (const struct device *dev, struct vol_status *st);
 extern void vol_stop (void);
 extern const char *vol_keep_name (enum vol_keep k);
 extern int vol_keep_parse (const char *s, enum vol_keep *k);

@@ -524,30 +524,51 @@ class Sem:
     def memory(self):
         h, durable = self.fresh()
         size = len(durable)
+
+        def spare(i):
+            return i["volatile"]["spare_bytes"]
+        h.flush()                   # spares of earlier writes go back
         base = self.ctl.info(self.dev)
+        check(spare(base) == 0, "memory: %d spare bytes after a flush with "
+              "nothing written" % spare(base))
         h.pwrite(rand_data(self.rng, MiB), 0)
         h.flush()
         one = self.ctl.info(self.dev)
-        h.pwrite(rand_data(self.rng, MiB), 0)        # unflushed: a copy
+        check(spare(one) == MiB, "memory: a flush of 1 MiB kept %d spare "
+              "bytes, expected 1 MiB" % spare(one))
+        h.pwrite(rand_data(self.rng, MiB), 0)        # into the spares
         two = self.ctl.info(self.dev)
-        check(two["allocated"] >= one["allocated"] + MiB,
-              "memory: an unflushed MiB over flushed data takes %d bytes"
-              % (two["allocated"] - one["allocated"]))
+        check(two["allocated"] == one["allocated"] and spare(two) == 0,
+              "memory: an unflushed MiB over spare pages took %d bytes more "
+              "(%d spare left)" % (two["allocated"] - one["allocated"],
+                                   spare(two)))
         h.flush()
         three = self.ctl.info(self.dev)
-        check(three["allocated"] == one["allocated"],
-              "memory: after a flush the device holds %d bytes, expected "
-              "the durable data's %d (the cache is not empty)"
-              % (three["allocated"], one["allocated"]))
-        h.pwrite(rand_data(self.rng, MiB), size - MiB)
-        self.cut(keep="none")
+        check(three["allocated"] == one["allocated"] and spare(three) == MiB,
+              "memory: after the second flush the device holds %d bytes, "
+              "%d spare; expected %d, 1 MiB spare"
+              % (three["allocated"], spare(three), one["allocated"]))
+        h.flush()
         four = self.ctl.info(self.dev)
-        check(four["allocated"] == one["allocated"],
-              "memory: after a cut the device holds %d bytes, expected %d"
-              % (four["allocated"], one["allocated"]))
+        check(four["allocated"] == one["allocated"] - MiB and spare(four) == 0,
+              "memory: a flush with nothing rewritten left %d bytes, %d "
+              "spare; expected the durable data's %d"
+              % (four["allocated"], spare(four), one["allocated"] - MiB))
+        h.pwrite(rand_data(self.rng, MiB), 0)        # unflushed: a copy
+        five = self.ctl.info(self.dev)
+        check(five["allocated"] >= four["allocated"] + MiB,
+              "memory: an unflushed MiB over flushed data takes %d bytes"
+              % (five["allocated"] - four["allocated"]))
+        self.cut(keep="none")
+        six = self.ctl.info(self.dev)
+        check(six["allocated"] == four["allocated"] and spare(six) == 0,
+              "memory: after a cut the device holds %d bytes, %d spare; "
+              "expected %d" % (six["allocated"], spare(six), four["allocated"]))
         h.shutdown()
-        self.notes.append("memory back to the durable data after a flush "
-                          "and a cut (%d bytes)" % one["allocated"])
+        self.notes.append("memory: a flush keeps the cache's pages as spares "
+                          "(1 MiB), a write over them takes nothing more, "
+                          "a flush with nothing rewritten and a cut give "
+                          "them back (%d bytes)" % four["allocated"])
 
 
 def first_diff(a, b):

@@ -21,8 +21,10 @@
 #     EIO for every request (read, write, FUA write, zero, trim, flush,
 #     block status, cache); a new connection reads the state after the
 #     cut, writes, and the device is still volatile;
-#  4. memory (plain device): after a flush or a cut the device holds
-#     only the durable data (device_list "allocated");
+#  4. memory (plain device): a flush keeps the cache's pages as spares
+#     (spare_bytes), a write over them takes no more memory, a second
+#     flush with nothing rewritten and a cut leave only the durable data
+#     (device_list "allocated");
 #  5. keep=random is deterministic: the same workload and seed on a
 #     fresh server give byte-identical devices, another seed differs;
 #  6. refusals: power_cut of a device that is not volatile (EINVAL), bad

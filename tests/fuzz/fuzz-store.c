@@ -88,17 +88,23 @@
  * cache; with FUA (an operation bit) the same request then runs in the
  * durable store, and the cache's pages that still show it read its new
  * bytes.  A flush is store_fold of the cache (predicted as a snapshot's
- * fold), then, if it went through, store_forget_detach and
- * store_husk_free: the cap counts the pages until freed, and then the
- * cache holds nothing and reads as the durable store.  A power cut is
+ * fold), then, if it went through, store_forget_keep of a raw cache
+ * (spare.c) while the cap is at most half used: the spares no write
+ * took since the last flush go back, the pages that held data become
+ * spares (a flag per page: counted in store_allocated and store_spare;
+ * every state change of a page takes its spare back or gives it back),
+ * and the cache, keeping its chunks, reads as the durable store;
+ * otherwise store_forget_detach and store_husk_free: the cap counts the
+ * pages until freed, and then the cache holds nothing.  A power cut is
  * store_fold_some with a keep of none, all, or units (512 or 4096
  * bytes) picked by a mask from the input: the reference folds the kept
  * stretches of each run as writes and zeroes refused exactly as those
  * would be, counts the bytes kept and lost as it goes, and, where the
  * fold went through, checks the rule itself: each unit the cache held
- * reads its kept or its old durable bytes; then the cache is emptied as
- * after a flush.  Compressed layers under a cap are neither flushed nor
- * cut but with keep none (their growth cannot be foreseen).
+ * reads its kept or its old durable bytes; then the cache is emptied
+ * whole (store_forget_detach), spares too.  Compressed layers under a
+ * cap are neither flushed nor cut but with keep none (their growth
+ * cannot be foreseen).
  *
  * Build: make build/fuzz/fuzz-store (clang, -fsanitize=fuzzer,address,
  * undefined).  Run: make fuzz FUZZ_SECONDS=300.  Replay a crash with
@@ -173,6 +179,9 @@ struct dev {
   uint8_t *state;               /* one enum page_state per page */
   uint64_t npages, own;         /* own: pages in P_OWN */
   uint8_t *chunk;               /* one flag per chunk: created */
+  uint8_t *spare;               /* one flag per page: a spare (spare.c) */
+  uint64_t nspare;              /* flags set */
+  bool retain;                  /* a raw volatile cache: keeps spares */
   uint64_t nchunks, chunks;     /* chunks: flags set */
   uint64_t meta;                /* what creating them cost */
   struct dev *source;           /* clones: the source, else NULL */
@@ -249,9 +258,17 @@ ref_page_zero (const struct dev *d, uint64_t p)
   return all_zero (d->ref + p * PAGE, MIN (PAGE, d->size - p * PAGE));
 }
 
+/* Set page p's state; the store took back or gave back a spare page
+ * there, as each state change of the model is a page the store changed
+ * under its lock (K1 in spare.c).
+ */
 static void
 set_state (struct dev *d, uint64_t p, enum page_state st)
 {
+  if (d->spare[p]) {
+    d->spare[p] = 0;
+    d->nspare--;
+  }
   d->own -= d->state[p] == P_OWN;
   d->own += st == P_OWN;
   d->state[p] = st;
@@ -358,9 +375,14 @@ check_accounting (void)
            "store %d: %lu pages of data, reference %lu", i,
            (unsigned long) (store_data (d->s) / PAGE),
            (unsigned long) d->own);
-    CHECK (codec != CODEC_NONE || store_allocated (d->s) == d->own * PAGE,
-           "store %d: allocated %lu bytes for %lu pages", i,
-           (unsigned long) store_allocated (d->s), (unsigned long) d->own);
+    CHECK (codec != CODEC_NONE ||
+           store_allocated (d->s) == (d->own + d->nspare) * PAGE,
+           "store %d: allocated %lu bytes for %lu pages and %lu spares", i,
+           (unsigned long) store_allocated (d->s), (unsigned long) d->own,
+           (unsigned long) d->nspare);
+    CHECK (store_spare (d->s) == d->nspare * PAGE, "store %d: %lu bytes of "
+           "spares, reference %lu pages", i, (unsigned long) store_spare (d->s),
+           (unsigned long) d->nspare);
     CHECK (store_chunks (d->s) == d->chunks,
            "store %d: %lu chunks, reference %lu", i,
            (unsigned long) store_chunks (d->s), (unsigned long) d->chunks);
@@ -859,7 +881,9 @@ dev_init (uint64_t size, struct dev *source, bool like)
   d->ref = calloc (1, size + 1);
   d->state = malloc (d->npages + 1);
   d->chunk = calloc (1, d->nchunks + 1);
-  if (d->s == NULL || d->ref == NULL || d->state == NULL || d->chunk == NULL)
+  d->spare = calloc (1, d->npages + 1);
+  if (d->s == NULL || d->ref == NULL || d->state == NULL || d->chunk == NULL ||
+      d->spare == NULL)
     abort ();
   memset (d->state, source ? P_SOURCE : P_HOLE, d->npages + 1);
   if (source)
@@ -882,6 +906,7 @@ dev_release (struct dev *d)
     free (d->ref);
     free (d->state);
     free (d->chunk);
+    free (d->spare);
     d->live = false;
     ndevs--;
     d = source;
@@ -1240,6 +1265,9 @@ vol_attach_model (struct handle *h)
     return;
   }
   cache = dev_init (old->size, old, true);
+  cache->retain = codec == CODEC_NONE;
+  CHECK (store_set_retain (cache->s) == (cache->retain ? 0 : -1),
+         "store_set_retain of store %d", cache->id);
   store_destroy (old->s);       /* the cache holds it now */
   old->refs--;
   h->d = cache;
@@ -1297,10 +1325,45 @@ vol_forget_model (struct dev *c)
   store_husk_free (husk);
   memset (c->state, P_SOURCE, c->npages + 1);
   memset (c->chunk, 0, c->nchunks + 1);
-  c->own = c->chunks = c->meta = 0;
+  memset (c->spare, 0, c->npages + 1);
+  c->own = c->chunks = c->meta = c->nspare = 0;
   memcpy (c->ref, c->source->ref, c->size);
   check_accounting ();
   check_chain (c, 0, MIN (c->size, HOT));
+}
+
+/* Empty retaining cache c keeping spares (store_forget_keep), if the
+ * cap is at most half used: the spares no write took since the last
+ * flush go back, the pages that held data become spares, and every
+ * page shows the durable store again; its chunks stay.  Whether it did.
+ */
+static bool
+vol_keep_model (struct dev *c)
+{
+  bool want = c->retain && (limit.max == UINT64_MAX ||
+                            atomic_load (&limit.used) <= limit.max / 2);
+  int r, err;
+
+  errno = 0;
+  r = store_forget_keep (c->s);
+  err = errno;
+  CHECK (r == (want ? 0 : -1) &&
+         (r == 0 || err == (c->retain ? ENOSPC : EINVAL)),
+         "store_forget_keep of store %d: result %d, errno %d, reference %d",
+         c->id, r, err, want ? 0 : -1);
+  if (!want)
+    return false;
+  TRACE ("  kept %lu pages as spares, %lu spares given back\n",
+         (unsigned long) c->own, (unsigned long) c->nspare);
+  for (uint64_t p = 0; p < c->npages; p++)
+    c->spare[p] = c->state[p] == P_OWN;
+  c->nspare = c->own;
+  c->own = 0;
+  memset (c->state, P_SOURCE, c->npages + 1);
+  memcpy (c->ref, c->source->ref, c->size);
+  check_accounting ();
+  check_chain (c, 0, MIN (c->size, HOT));
+  return true;
 }
 
 /* A flush of volatile h (vol_flush): fold the cache into the durable
@@ -1328,7 +1391,7 @@ vol_flush_model (struct handle *h)
          "%d, errno %d, reference %d", c->id, r, err, want);
   check_accounting ();
   check_chain (c, 0, MIN (c->size, HOT));
-  if (r == 0)
+  if (r == 0 && !vol_keep_model (c))
     vol_forget_model (c);
 }
 

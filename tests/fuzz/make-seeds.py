@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Seed inputs for tests/fuzz/fuzz-store.c: each makes a device volatile
-and then runs writes (some with FUA), zeroes, trims, flushes and power
-cuts of every keep on it, over plain stores, clones and compressed ones,
+and then runs writes (some with FUA), zeroes, trims, flushes (which keep
+a raw cache's pages as spares) and power cuts of every keep on it, over plain stores, clones and compressed ones,
 with and without a cap, so the fuzzer starts from the volatile layer's
 paths instead of having to find the byte sequences that reach them.
 
@@ -51,7 +51,7 @@ def seed(r, codec, cap, clone):
     b = header(r.choice((0, 1, 2)), codec, cap)
     h = 0
     if clone:
-        b += op(7, 1, 1) + bytes([0])     # freeze handle 1, clone it
+        b += op(7, 1, 1)                  # freeze handle 1, clone it
         h = 2
     b += layer(4, h)
     for _ in range(r.randrange(3, 7)):
@@ -63,7 +63,7 @@ def seed(r, codec, cap, clone):
                 b += op(3, h, r.randrange(2)) + rng_range(r)
             else:
                 b += op(4, h, r.randrange(2)) + rng_range(r)
-        if r.random() < 0.4:
+        if r.random() < 0.6:
             b += layer(5, h)
         else:
             keep = r.randrange(3)
@@ -82,7 +82,7 @@ def main():
     r = random.Random(17)
     n = 0
     for codec in ("none", "zstd", "lz4"):
-        for cap in (0x80, 5, 12, 40):
+        for cap in (0x80, 5, 12, 40, 0x7f):
             for clone in (False, True):
                 with open(os.path.join(out, "vol-%02d" % n), "wb") as f:
                     f.write(seed(r, codec, cap, clone))

@@ -1,10 +1,13 @@
 /* memblock: Check unit tests of volatile devices (volatile.c) at store
  * level.  A model device makes the composition volatile.c makes, with
  * the same store calls in the same order: a cache (store_create_like)
- * over the durable store; writes, zeroes and trims land in the cache,
- * and with FUA in the durable store after it; a flush is gate_close,
- * store_fold, store_forget, gate_open; a power cut is store_fold_some
- * with the keep rule of vol_keeps, then store_forget.  Random
+ * over the durable store, retaining spare pages if raw
+ * (store_set_retain); writes, zeroes and trims land in the cache, and
+ * with FUA in the durable store after it; a flush is gate_close,
+ * store_fold, store_forget_keep (or store_forget when the cache does
+ * not retain, or the cap is more than half used), gate_open; a power
+ * cut is store_fold_some with the keep rule of vol_keeps, then
+ * store_forget.  Random
  * workloads on raw, compressed and cloned durable stores run against
  * two flat references: what the durable store must hold (flushed and
  * FUA writes) and what the device reads (every write).  A race checks
@@ -118,6 +121,7 @@ struct vt_dev {
   unsigned char *touched;       /* per page: changed since the last flush */
   unsigned char *buf;           /* a request's data */
   unsigned flushes, fuas, ops;
+  unsigned kept;                /* flushes that kept spare pages */
 };
 
 /* What one cut did, for the tests that compare cuts. */
@@ -185,6 +189,8 @@ vt_open (struct vt_dev *d, const struct vt_kind *k, uint64_t max, bool full)
   /* vol_attach: the device goes on in an empty cache over what it held. */
   d->cache = store_create_like (dev);
   ck_assert_ptr_nonnull (d->cache);
+  ck_assert_int_eq (store_set_retain (d->cache),
+                    k->codec == CODEC_NONE ? 0 : -1);
   store_destroy (dev);
   d->durable = store_source (d->cache);
   ck_assert_ptr_eq (d->durable, dev);
@@ -340,23 +346,29 @@ vt_same_extents (struct store *a, struct store *b)
   return same;
 }
 
-/* After a flush or a cut: the cache holds nothing, counts nothing
- * against the cap, and reads (bytes and extents) fall through to the
- * durable store, which holds dref.
+/* After a flush or a cut: the cache holds nothing (or, if kept, only
+ * spare pages and its chunks), the cap counts the durable store and
+ * that, and reads (bytes and extents) fall through to the durable
+ * store, which holds dref.
  */
 static void
-vt_check_forgotten (struct vt_dev *d, const char *what)
+vt_check_forgotten (struct vt_dev *d, const char *what, bool kept)
 {
   unsigned char *got = malloc (d->size);
 
-  ck_assert_uint_eq (store_allocated (d->cache), 0);
   ck_assert_uint_eq (store_data (d->cache), 0);
-  ck_assert_uint_eq (store_metadata (d->cache), 0);
-  ck_assert_uint_eq (store_chunks (d->cache), 0);
-  ck_assert_msg (atomic_load (&d->limit.used) == helpers_held (d->durable),
+  ck_assert_uint_eq (store_allocated (d->cache), store_spare (d->cache));
+  if (!kept) {
+    ck_assert_uint_eq (store_allocated (d->cache), 0);
+    ck_assert_uint_eq (store_metadata (d->cache), 0);
+    ck_assert_uint_eq (store_chunks (d->cache), 0);
+  }
+  ck_assert_msg (atomic_load (&d->limit.used) == helpers_held (d->durable)
+                 + helpers_held (d->cache),
                  "%s: the cap counts %" PRIu64 " bytes, the durable store "
-                 "holds %" PRIu64, what, atomic_load (&d->limit.used),
-                 helpers_held (d->durable));
+                 "holds %" PRIu64 " and the cache %" PRIu64, what,
+                 atomic_load (&d->limit.used), helpers_held (d->durable),
+                 helpers_held (d->cache));
   ck_assert_int_eq (store_read (d->durable, got, d->size, 0), 0);
   ck_assert_msg (memcmp (got, d->dref, d->size) == 0,
                  "%s: the durable store differs from its reference", what);
@@ -368,18 +380,27 @@ vt_check_forgotten (struct vt_dev *d, const char *what)
   free (got);
 }
 
-/* A flush, as vol_flush: fold the cache in and empty it, gate closed. */
+/* A flush, as vol_flush: fold the cache in and empty it, keeping its
+ * pages as spares if it can, gate closed.
+ */
 static void
 vt_flush (struct vt_dev *d)
 {
+  bool kept;
+
   gate_close (&d->gate);
   ck_assert_int_eq (store_fold (d->cache), 0);
-  ck_assert_int_eq (store_forget (d->cache), 0);
+  kept = store_forget_keep (d->cache) == 0;
+  if (!kept) {
+    ck_assert (errno == EINVAL || errno == ENOSPC);
+    ck_assert_int_eq (store_forget (d->cache), 0);
+  }
   gate_open (&d->gate);
   memcpy (d->dref, d->aref, d->size);
   memset (d->touched, 0, d->npages);
   d->flushes++;
-  vt_check_forgotten (d, "flush");
+  d->kept += kept;
+  vt_check_forgotten (d, "flush", kept);
 }
 
 /* Run n random requests (writes, zeroes, trims; a fifth with FUA) and,
@@ -503,7 +524,7 @@ vt_cut_check (struct vt_dev *d, const struct vt_keep *kp, uint64_t seed,
   memcpy (d->dref, got, d->size);
   memcpy (d->aref, got, d->size);
   memset (d->touched, 0, d->npages);
-  vt_check_forgotten (d, "cut");
+  vt_check_forgotten (d, "cut", false);
   if (res)
     *res = (struct vt_cut_result) { kept, lost, differ };
   free (got);
@@ -530,6 +551,8 @@ START_TEST (test_vt_workload)
   }
   ck_assert_uint_ge (d.flushes, 2);
   ck_assert_uint_gt (d.fuas, 5);
+  if (k->codec == CODEC_NONE)   /* a raw cache keeps spares (spare.c) */
+    ck_assert_uint_eq (d.kept, d.flushes);
   vt_close (&d);
 }
 END_TEST
@@ -666,7 +689,7 @@ START_TEST (test_vt_cap)
   }
   memcpy (d.dref, got, d.size);
   memcpy (d.aref, got, d.size);
-  vt_check_forgotten (&d, "cut at the cap");
+  vt_check_forgotten (&d, "cut at the cap", false);
   free (got);
   free (before);
   vt_close (&d);
@@ -839,14 +862,18 @@ vt_flusher_run (void *arg)
       vt_wait_requests (ra, ra->win[i - 1].opening, 16);
     gate_close (&ra->gate);
     ra->win[i].closed = atomic_fetch_add (&ra->seq, 1);
+    /* Flushes keep a raw cache's pages as spares (the writers then
+     * take them back); the cut lets everything go.
+     */
     if (i < VT_FLUSHES) {
-      if (store_fold (ra->cache) == -1)
+      if (store_fold (ra->cache) == -1 ||
+          (store_forget_keep (ra->cache) == -1 &&
+           store_forget (ra->cache) == -1))
         ra->errors++;
     }
     else if (store_fold_some (ra->cache, STORE_PAGE, vt_keeps, &none, &kept,
-                              &lost) == -1 || kept != 0)
-      ra->errors++;
-    if (store_forget (ra->cache) == -1)
+                              &lost) == -1 || kept != 0 ||
+             store_forget (ra->cache) == -1)
       ra->errors++;
     for (unsigned w = 0; w < VT_WRITERS && i < VT_FLUSHES; w++)
       ra->w[w].durable = done[w] = atomic_load (&ra->w[w].done);
@@ -877,6 +904,8 @@ START_TEST (test_vt_race)
 
     ra->cache = store_create_like (dev);
     ck_assert_ptr_nonnull (ra->cache);
+    if (store_codec (ra->cache) == CODEC_NONE)
+      ck_assert_int_eq (store_set_retain (ra->cache), 0);
     store_destroy (dev);
     ra->durable = store_source (ra->cache);
     ra->seed = 50 + round + 100 * _i;
@@ -947,6 +976,121 @@ START_TEST (test_vt_race)
 }
 END_TEST
 
+/* Read one byte of d's device. */
+static unsigned char
+vt_byte (struct vt_dev *d, uint64_t at)
+{
+  unsigned char b;
+
+  ck_assert_int_eq (store_read (d->cache, &b, 1, at), 0);
+  return b;
+}
+
+/* A raw cache's spare pages (spare.c), page by page: a flush keeps the
+ * pages that held data, counted; a partial write of a spare copies up
+ * the durable page; a whole zero or trim gives spares back, and a later
+ * partial write there reads zeroes around it, not the stale bytes; the
+ * next flush gives back the spares no write took; a cut lets all go.
+ */
+START_TEST (test_vt_spares)
+{
+  struct vt_dev d;
+  uint64_t last = vt_kinds[0].size - 1536;
+  unsigned char b;
+
+  vt_open (&d, &vt_kinds[0], UINT64_MAX, false);
+  memset (d.buf, 0xaa, 8 * STORE_PAGE);
+  vt_request (&d, VOL_WRITE, d.buf, 8 * STORE_PAGE, 0, false);
+  memset (d.buf, 0x33, 1536);
+  vt_request (&d, VOL_WRITE, d.buf, 1536, last, false);
+  vt_flush (&d);
+  ck_assert_uint_eq (store_spare (d.cache), 9 * STORE_PAGE);
+  /* A partial write of a spare: the durable page under it. */
+  memset (d.buf, 0x11, 10);
+  vt_request (&d, VOL_WRITE, d.buf, 10, 100, false);
+  ck_assert_uint_eq (store_spare (d.cache), 8 * STORE_PAGE);
+  ck_assert_uint_eq (store_data (d.cache), STORE_PAGE);
+  ck_assert_int_eq (vt_byte (&d, 99), 0xaa);
+  ck_assert_int_eq (vt_byte (&d, 100), 0x11);
+  /* A whole zero, then a partial write: zeroes around it. */
+  vt_request (&d, VOL_ZERO, NULL, STORE_PAGE, STORE_PAGE, false);
+  vt_request (&d, VOL_TRIM, NULL, 2 * STORE_PAGE, 2 * STORE_PAGE, false);
+  ck_assert_uint_eq (store_spare (d.cache), 5 * STORE_PAGE);
+  memset (d.buf, 0x22, 10);
+  vt_request (&d, VOL_WRITE, d.buf, 10, STORE_PAGE + 50, false);
+  ck_assert_int_eq (vt_byte (&d, STORE_PAGE + 49), 0);
+  ck_assert_int_eq (vt_byte (&d, STORE_PAGE + 50), 0x22);
+  ck_assert_int_eq (vt_byte (&d, 2 * STORE_PAGE - 1), 0);
+  /* The device's last, partial page. */
+  memset (d.buf, 0x44, 10);
+  vt_request (&d, VOL_WRITE, d.buf, 10, last + 1000, false);
+  ck_assert_int_eq (vt_byte (&d, last + 999), 0x33);
+  ck_assert_int_eq (vt_byte (&d, last + 1000), 0x44);
+  ck_assert_int_eq (vt_byte (&d, last + 1535), 0x33);
+  ck_assert_uint_eq (store_spare (d.cache), 4 * STORE_PAGE);
+  /* The next flush keeps pages 0, 1 and the last; 4 to 7 go back. */
+  vt_flush (&d);
+  ck_assert_uint_eq (store_spare (d.cache), 3 * STORE_PAGE);
+  vt_flush (&d);
+  ck_assert_uint_eq (store_spare (d.cache), 0);
+  ck_assert_int_eq (store_read (d.cache, &b, 1, 100), 0);
+  ck_assert_int_eq (b, 0x11);
+  /* A cut takes the spares with the rest. */
+  vt_request (&d, VOL_WRITE, d.buf, 10, 0, false);
+  vt_flush (&d);
+  ck_assert_uint_eq (store_spare (d.cache), STORE_PAGE);
+  vt_cut_check (&d, &vt_keep_modes[0], 1, false, NULL);
+  ck_assert_uint_eq (store_spare (d.cache), 0);
+  vt_close (&d);
+}
+END_TEST
+
+/* Spare pages in the kernel's terms: rewriting what a flush kept takes
+ * no new memory; a flush with nothing rewritten gives it back.
+ */
+START_TEST (test_vt_spares_rss)
+{
+  static const uint64_t len = 32 * MiB;
+  struct vt_kind k = { "raw", CODEC_NONE, false, len };
+  struct vt_dev d;
+  unsigned char *data = malloc (MiB);
+  uint64_t base, kept, rewritten, back, slack = 4 * MiB;
+
+  vt_open (&d, &k, UINT64_MAX, false);
+  helpers_fill (data, MiB, 0, 9);
+  for (uint64_t o = 0; o < len; o += MiB)
+    ck_assert_int_eq (store_write (d.durable, data, MiB, o), 0);
+  base = helpers_rss_bytes ();
+  for (uint64_t o = 0; o < len; o += MiB)
+    ck_assert_int_eq (store_write (d.cache, data, MiB, o), 0);
+  ck_assert_int_eq (store_fold (d.cache), 0);
+  ck_assert_int_eq (store_forget_keep (d.cache), 0);
+  kept = helpers_rss_bytes () - base;
+  ck_assert_uint_eq (store_spare (d.cache), len);
+  for (uint64_t o = 0; o < len; o += MiB)
+    ck_assert_int_eq (store_write (d.cache, data, MiB, o), 0);
+  rewritten = helpers_rss_bytes () - base;
+  ck_assert_uint_eq (store_spare (d.cache), 0);
+  ck_assert_uint_eq (store_data (d.cache), len);
+  ck_assert_int_eq (store_fold (d.cache), 0);
+  ck_assert_int_eq (store_forget_keep (d.cache), 0);
+  ck_assert_int_eq (store_forget_keep (d.cache), 0);
+  back = helpers_rss_bytes () - base;
+  fprintf (stderr, "spares: RSS +%" PRIu64 " KiB kept by a flush, +%" PRIu64
+           " KiB rewritten, +%" PRIu64 " KiB after a flush with nothing "
+           "rewritten\n", kept / KiB, rewritten / KiB, back / KiB);
+  ck_assert_uint_eq (store_spare (d.cache), 0);
+  ck_assert_uint_eq (store_allocated (d.cache), 0);
+  if (HELPERS_RSS_CHECKED) {
+    ck_assert_uint_ge (kept, len - slack);
+    ck_assert_uint_le (rewritten, kept + slack);
+    ck_assert_uint_le (back, slack);
+  }
+  free (data);
+  vt_close (&d);
+}
+END_TEST
+
 /* Run the volatile suite. */
 int
 main (void)
@@ -963,6 +1107,9 @@ main (void)
   tcase_add_loop_test (tc, test_vt_seed, 0, VT_NKINDS * 2);
   tc = helpers_add_tcase (s, "cap", 60);
   tcase_add_loop_test (tc, test_vt_cap, 0, HELPERS_NCODECS * 2 * VT_NKEEPS);
+  tc = helpers_add_tcase (s, "spares", 60);
+  tcase_add_test (tc, test_vt_spares);
+  tcase_add_test (tc, test_vt_spares_rss);
   tc = helpers_add_tcase (s, "race", 180);
   tcase_add_loop_test (tc, test_vt_race, 0, HELPERS_NCODECS);
   return helpers_run (s);
