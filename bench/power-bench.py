@@ -42,6 +42,10 @@ OPS = ("flush",) + tuple("cut-" + k for k in KEEPS)
 FIO_WORKLOADS = (
     ("4k-randwrite-fsync64", dict(rw="randwrite", bs="4k", iodepth=16,
                                   numjobs=1, fsync=64)),
+    # The same in the first 64 MiB: a working set written again and
+    # again, as a file system's journal or a database's files are.
+    ("4k-randwrite-fsync64-hot", dict(rw="randwrite", bs="4k", iodepth=16,
+                                      numjobs=1, fsync=64, size="64M")),
     ("4k-randwrite", dict(rw="randwrite", bs="4k", iodepth=16, numjobs=1)))
 FIO_DEVICES = ("volatile", "plain")
 IN_FLIGHT = 32
@@ -188,7 +192,7 @@ def bench_fio(servers, args, fio_out, result):
                     smp["round"] = rnd
                     f["samples"].setdefault(w, {}).setdefault(
                         d, []).append(smp)
-                    bl.log("fio round %d/%d %-22s %-9s %8.1f MiB/s %8.0f IOPS"
+                    bl.log("fio round %d/%d %-24s %-9s %8.1f MiB/s %8.0f IOPS"
                            % (rnd + 1, args.fio_rounds, w, d, smp["mibs"],
                               smp["iops"]))
             bl.write_json(args.out, result)

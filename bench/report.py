@@ -1206,8 +1206,10 @@ def power_section(r, d, resdir):
                                                  fo["size"] // bl.MiB))
     r.out("and \"plain\"; median of %s, order rotated each round.  "
           "fsync64: fio --fsync=64 (an NBD" % rounds(n))
-    r.out("flush after every 64 writes).")
-    r.out("%-22s %-9s %9s %9s %10s %6s  %s" %
+    r.out("flush after every 64 writes); -hot: the same in the first 64 "
+          "MiB only, a working set that")
+    r.out("a flush's spare pages cover.")
+    r.out("%-24s %-9s %9s %9s %10s %6s  %s" %
           ("workload", "device", "MiB/s", "IOPS", "CPU s/GiB", "srv",
            "MiB/s per round"))
     med = {}
@@ -1217,12 +1219,12 @@ def power_section(r, d, resdir):
             if len(xs) < n:
                 r.incomplete.append("power fio %s %s" % (wl, dev))
             if not xs:
-                r.out("%-22s %-9s %9s" % (wl if i == 0 else "", dev,
+                r.out("%-24s %-9s %9s" % (wl if i == 0 else "", dev,
                                           "missing"))
                 continue
             mibs = [x["mibs"] for x in xs]
             med[(wl, dev)] = mibs
-            r.out("%-22s %-9s %9.1f %9.0f %10.3f %5.0f%%  %s" %
+            r.out("%-24s %-9s %9.1f %9.0f %10.3f %5.0f%%  %s" %
                   (wl if i == 0 else "", dev, bl.median(mibs),
                    bl.median([x["iops"] for x in xs]),
                    bl.median([x["cpu_per_gib"] for x in xs]),
@@ -1230,7 +1232,7 @@ def power_section(r, d, resdir):
                    per_round(mibs, "%.0f")))
     for wl in fo["workloads"]:
         a, b = med.get((wl, "plain"), []), med.get((wl, "volatile"), [])
-        r.out("%-22s volatile/plain, MiB/s: %.3f (medians), %.3f (median "
+        r.out("%-24s volatile/plain, MiB/s: %.3f (medians), %.3f (median "
               "of the rounds' own)" %
               (wl, ratio(bl.median(b), bl.median(a)), power_paired(a, b)))
     st = fo.get("status")
