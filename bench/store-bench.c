@@ -847,7 +847,7 @@ main (int argc, char **argv)
     /* The caches over the prefilled stores; vol-warm's gets every page. */
     for (i = 1; i <= 2; i++)
       if ((variants[i].st = store_create_like (stores[i])) == NULL ||
-          store_set_retain (variants[i].st) == -1)
+          store_set_retain (variants[i].st, region * MAX_THREADS / 4) == -1)
         die ("store_create_like");
     for (uint64_t off = 0; off < region * MAX_THREADS; off += BIG)
       if (store_write (variants[2].st, bufs[1], BIG, off) == -1)

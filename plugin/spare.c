@@ -10,9 +10,11 @@
  * is emptied by store_forget_keep instead: each page that held data
  * becomes a spare page of its chunk, reading as its source like any
  * page the cache does not hold, but still mapped; a later write to it
- * takes it back without a fault.  Spare pages not taken back by the
- * next flush are given back to the kernel then, so the spare memory is
- * at most what was written between the last two flushes.
+ * takes it back without a fault.  Spare pages no write took back stay
+ * for later flushes while they and the new ones fit in the cache's
+ * budget (spare_max); past it they are given back at the flush, so the
+ * spare memory is at most the budget or what was written since the last
+ * flush, whichever is more.
  *
  *   K1  A spare page is of class source (map and hide clear) and its
  *       bit is set in the chunk's spare bitmap; it holds stale bytes,
@@ -41,17 +43,19 @@
 #include "pagemap.h"
 #include "store-int.h"
 
-/* Make raw clone s keep its pages across store_forget_keep: before its
- * first chunk.  -1/EINVAL otherwise.
+/* Make raw clone s keep its pages across store_forget_keep, and its
+ * unused spares while they fit in spare_max bytes: before its first
+ * chunk.  -1/EINVAL otherwise.
  */
 int
-store_set_retain (struct store *s)
+store_set_retain (struct store *s, uint64_t spare_max)
 {
   if (s->ops != &raw_ops || s->source == NULL || store_chunks (s) > 0) {
     errno = EINVAL;
     return -1;
   }
   s->retain = true;
+  s->spare_max = spare_max;
   return 0;
 }
 
@@ -112,8 +116,9 @@ spare_clear (struct store *s, struct chunk *c, uint64_t p, uint64_t q,
 }
 
 /* Empty retaining cache s, as store_forget does, but keep the pages
- * that held data as spares (K1), giving back the spares the last call
- * left and no write took since.  The device's gate is closed (K3).
+ * that held data as spares (K1), and the spares no write took since
+ * the last call if all of them fit in the budget, else give those back.
+ * The device's gate is closed (K3).
  * -1 with errno and s unchanged: EINVAL if s does not retain, ENOSPC if
  * its limit is more than half used (K2).
  */
@@ -121,6 +126,7 @@ int
 store_forget_keep (struct store *s)
 {
   uint64_t idx = 0, gone = 0;
+  bool keep_unused;
 
   if (!s->retain) {
     errno = EINVAL;
@@ -130,6 +136,8 @@ store_forget_keep (struct store *s)
     errno = ENOSPC;             /* spares would crowd the cap (K2) */
     return -1;
   }
+  keep_unused = atomic_load (&s->spare) + atomic_load (&s->data)
+                <= s->spare_max;
   while ((idx = chunkdir_next (&s->dir, idx, s->dir.nchunks))
          < s->dir.nchunks) {
     struct chunk *c = chunkdir_get (&s->dir, idx);
@@ -139,7 +147,11 @@ store_forget_keep (struct store *s)
       uint64_t old = atomic_load_explicit (&sp[w], memory_order_relaxed);
       uint64_t d = atomic_load_explicit (&c->map[w], memory_order_relaxed);
 
-      /* Runs of unused spares go back to the kernel. */
+      /* Runs of unused spares go back to the kernel, past the budget. */
+      if (keep_unused) {
+        atomic_store_explicit (&sp[w], old | d, memory_order_relaxed);
+        old = 0;
+      }
       for (uint64_t bits = old; bits != 0; ) {
         uint64_t from = __builtin_ctzll (bits), to = from;
 
@@ -150,7 +162,8 @@ store_forget_keep (struct store *s)
         bits &= to == 64 ? 0 : ~(uint64_t) 0 << to;
       }
       gone += __builtin_popcountll (old);
-      atomic_store_explicit (&sp[w], d, memory_order_relaxed);
+      if (!keep_unused)
+        atomic_store_explicit (&sp[w], d, memory_order_relaxed);
       atomic_store_explicit (&c->map[w], 0, memory_order_relaxed);
       atomic_store_explicit (&c->hide[w], 0, memory_order_relaxed);
     }

@@ -131,6 +131,7 @@ struct store {
   _Atomic uint64_t meta;        /* bytes of chunk headers and tables (I6) */
   _Atomic uint64_t chunks;      /* chunks created */
   bool retain;                  /* a volatile cache keeping spare pages */
+  uint64_t spare_max;           /* bytes of unused spares it may keep */
   _Atomic uint64_t spare;       /* bytes of spare pages, in held (K2) */
   struct store_limit *limit;    /* may be NULL */
 };

@@ -51,7 +51,7 @@ extern int store_forget (struct store *s);
 struct store_husk;
 extern struct store_husk *store_forget_detach (struct store *s);
 extern void store_husk_free (struct store_husk *h);
-extern int store_set_retain (struct store *s);
+extern int store_set_retain (struct store *s, uint64_t spare_max);
 extern int store_forget_keep (struct store *s);
 extern uint64_t store_spare (const struct store *s);
 /* Whether a power cut keeps the unit-sized block at offset (volatile.c). */

@@ -45,7 +45,9 @@
  *       by the next vol_reclaim or by vol_stop (at unload).
  *   V7  A raw cache retains (spare.c): a flush keeps the pages that held
  *       data as spares for the writes after it (store_forget_keep, with
- *       the gate closed), so they take no page faults; it empties the
+ *       the gate closed), so they take no page faults, and the spares no
+ *       write took while they fit in a quarter of the device (256 MiB at
+ *       most); it empties the
  *       cache as V6 says only when the cap is more than half used, and
  *       a cut always does, spares included.
  *
@@ -69,6 +71,7 @@
 #include "volatile.h"
 
 #define VOL_LOG_MAX ((size_t) 1 << 22)   /* 64 MiB of log at most */
+#define VOL_SPARE_MAX ((uint64_t) 256 << 20)  /* unused spares, at most */
 
 /* One unflushed write. */
 struct vol_extent {
@@ -216,8 +219,12 @@ vol_attach (struct device *dev)
     dev->vol = NULL;
     return -1;
   }
+  /* Spare pages across flushes (V7): a quarter of the device, at most
+   * VOL_SPARE_MAX, kept unused.
+   */
   if (store_codec (cache) == CODEC_NONE)
-    store_set_retain (cache);   /* spare pages across flushes (V7) */
+    store_set_retain (cache, store_size (cache) / 4 < VOL_SPARE_MAX
+                             ? store_size (cache) / 4 : VOL_SPARE_MAX);
   store_destroy (dev->store);   /* the cache holds it now */
   dev->store = cache;
   return 0;

@@ -522,53 +522,53 @@ class Sem:
         self.notes.append("old connections get EIO for every request")
 
     def memory(self):
-        h, durable = self.fresh()
-        size = len(durable)
-
-        def spare(i):
-            return i["volatile"]["spare_bytes"]
-        h.flush()                   # spares of earlier writes go back
-        base = self.ctl.info(self.dev)
-        check(spare(base) == 0, "memory: %d spare bytes after a flush with "
-              "nothing written" % spare(base))
-        h.pwrite(rand_data(self.rng, MiB), 0)
-        h.flush()
-        one = self.ctl.info(self.dev)
-        check(spare(one) == MiB, "memory: a flush of 1 MiB kept %d spare "
-              "bytes, expected 1 MiB" % spare(one))
-        h.pwrite(rand_data(self.rng, MiB), 0)        # into the spares
-        two = self.ctl.info(self.dev)
-        check(two["allocated"] == one["allocated"] and spare(two) == 0,
-              "memory: an unflushed MiB over spare pages took %d bytes more "
-              "(%d spare left)" % (two["allocated"] - one["allocated"],
-                                   spare(two)))
-        h.flush()
-        three = self.ctl.info(self.dev)
-        check(three["allocated"] == one["allocated"] and spare(three) == MiB,
-              "memory: after the second flush the device holds %d bytes, "
-              "%d spare; expected %d, 1 MiB spare"
-              % (three["allocated"], spare(three), one["allocated"]))
-        h.flush()
-        four = self.ctl.info(self.dev)
-        check(four["allocated"] == one["allocated"] - MiB and spare(four) == 0,
-              "memory: a flush with nothing rewritten left %d bytes, %d "
-              "spare; expected the durable data's %d"
-              % (four["allocated"], spare(four), one["allocated"] - MiB))
-        h.pwrite(rand_data(self.rng, MiB), 0)        # unflushed: a copy
-        five = self.ctl.info(self.dev)
-        check(five["allocated"] >= four["allocated"] + MiB,
-              "memory: an unflushed MiB over flushed data takes %d bytes"
-              % (five["allocated"] - four["allocated"]))
-        self.cut(keep="none")
-        six = self.ctl.info(self.dev)
-        check(six["allocated"] == four["allocated"] and spare(six) == 0,
-              "memory: after a cut the device holds %d bytes, %d spare; "
-              "expected %d" % (six["allocated"], spare(six), four["allocated"]))
+        """Spare pages (a 2 MiB raw device keeps 512 KiB unused at most):
+        a flush keeps what the cache held, a write over it takes nothing
+        more, unused ones stay within the budget and go past it, a cut
+        lets all go; allocated is always the data plus the spares."""
+        w = 256 * KiB
+        h = self.conn()
+        self.cut(keep="all")        # no spares left from earlier checks
         h.shutdown()
-        self.notes.append("memory: a flush keeps the cache's pages as spares "
-                          "(1 MiB), a write over them takes nothing more, "
-                          "a flush with nothing rewritten and a cut give "
-                          "them back (%d bytes)" % four["allocated"])
+        h, durable = self.fresh()
+
+        def info(what, spare):
+            i = self.ctl.info(self.dev)
+            got = i["volatile"]["spare_bytes"]
+            check(got == spare, "memory: %s: %d spare bytes, expected %d"
+                  % (what, got, spare))
+            check(i["allocated"] == i["data"] + spare,
+                  "memory: %s: %d bytes allocated for %d of data and %d "
+                  "spare" % (what, i["allocated"], i["data"], spare))
+            return i
+        info("a new connection after a cut", 0)
+        h.pwrite(rand_data(self.rng, w), 0)
+        h.flush()
+        one = info("after a flush", w)
+        h.pwrite(rand_data(self.rng, w), 0)
+        two = info("rewritten, unflushed", 0)
+        check(two["allocated"] == one["allocated"],
+              "memory: rewriting spare pages took %d bytes more"
+              % (two["allocated"] - one["allocated"]))
+        h.flush()
+        info("flushed again", w)
+        h.flush()
+        info("a flush with nothing written (within the budget)", w)
+        h.pwrite(rand_data(self.rng, 2 * w), 2 * w)  # unflushed: a copy
+        five = info("new pages, unflushed", w)
+        check(five["allocated"] >= one["allocated"] + 2 * w,
+              "memory: an unflushed 512 KiB over flushed data takes %d "
+              "bytes" % (five["allocated"] - one["allocated"]))
+        h.flush()                   # 768 KiB would pass the budget
+        info("a flush past the budget", 2 * w)
+        self.cut(keep="none")
+        six = info("after a cut", 0)
+        h.shutdown()
+        self.notes.append("memory: a flush keeps the cache's pages as "
+                          "spares, a write over them takes nothing more, "
+                          "unused ones stay within the budget and go past "
+                          "it, a cut lets all go (%d bytes left)"
+                          % six["allocated"])
 
 
 def first_diff(a, b):

@@ -22,9 +22,9 @@
 #     block status, cache); a new connection reads the state after the
 #     cut, writes, and the device is still volatile;
 #  4. memory (plain device): a flush keeps the cache's pages as spares
-#     (spare_bytes), a write over them takes no more memory, a second
-#     flush with nothing rewritten and a cut leave only the durable data
-#     (device_list "allocated");
+#     (spare_bytes), a write over them takes no more memory, unused ones
+#     stay within the budget (a quarter of the device) and go past it,
+#     a cut lets all go, and "allocated" is the data plus the spares;
 #  5. keep=random is deterministic: the same workload and seed on a
 #     fresh server give byte-identical devices, another seed differs;
 #  6. refusals: power_cut of a device that is not volatile (EINVAL), bad

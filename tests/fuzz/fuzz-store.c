@@ -90,8 +90,8 @@
  * bytes.  A flush is store_fold of the cache (predicted as a snapshot's
  * fold), then, if it went through, store_forget_keep of a raw cache
  * (spare.c) while the cap is at most half used: the spares no write
- * took since the last flush go back, the pages that held data become
- * spares (a flag per page: counted in store_allocated and store_spare;
+ * took since the last flush stay if they and the new ones fit in
+ * SPARE_MAX, else go back, the pages that held data become spares (a flag per page: counted in store_allocated and store_spare;
  * every state change of a page takes its spare back or gives it back),
  * and the cache, keeping its chunks, reads as the durable store;
  * otherwise store_forget_detach and store_husk_free: the cap counts the
@@ -130,6 +130,7 @@
 #define MAX_DEVS 16                         /* live stores, layers too */
 #define MAX_HANDLES 8                       /* devices and snapshots */
 #define MAX_DEPTH 6                         /* clones in a chain */
+#define SPARE_MAX (16 * PAGE)               /* a cache's unused spares */
 
 #define CHECK(cond, ...)                                                \
   do {                                                                  \
@@ -1266,7 +1267,7 @@ vol_attach_model (struct handle *h)
   }
   cache = dev_init (old->size, old, true);
   cache->retain = codec == CODEC_NONE;
-  CHECK (store_set_retain (cache->s) == (cache->retain ? 0 : -1),
+  CHECK (store_set_retain (cache->s, SPARE_MAX) == (cache->retain ? 0 : -1),
          "store_set_retain of store %d", cache->id);
   store_destroy (old->s);       /* the cache holds it now */
   old->refs--;
@@ -1334,8 +1335,9 @@ vol_forget_model (struct dev *c)
 
 /* Empty retaining cache c keeping spares (store_forget_keep), if the
  * cap is at most half used: the spares no write took since the last
- * flush go back, the pages that held data become spares, and every
- * page shows the durable store again; its chunks stay.  Whether it did.
+ * flush stay if they and the pages that held data fit in SPARE_MAX,
+ * else go back; the pages that held data become spares, and every page
+ * shows the durable store again; its chunks stay.  Whether it did.
  */
 static bool
 vol_keep_model (struct dev *c)
@@ -1353,11 +1355,14 @@ vol_keep_model (struct dev *c)
          c->id, r, err, want ? 0 : -1);
   if (!want)
     return false;
-  TRACE ("  kept %lu pages as spares, %lu spares given back\n",
-         (unsigned long) c->own, (unsigned long) c->nspare);
+  bool keep_unused = (c->nspare + c->own) * PAGE <= SPARE_MAX;
+
+  TRACE ("  kept %lu pages as spares, %lu spares %s\n",
+         (unsigned long) c->own, (unsigned long) c->nspare,
+         keep_unused ? "kept" : "given back");
   for (uint64_t p = 0; p < c->npages; p++)
-    c->spare[p] = c->state[p] == P_OWN;
-  c->nspare = c->own;
+    c->spare[p] = (keep_unused && c->spare[p]) || c->state[p] == P_OWN;
+  c->nspare = (keep_unused ? c->nspare : 0) + c->own;
   c->own = 0;
   memset (c->state, P_SOURCE, c->npages + 1);
   memcpy (c->ref, c->source->ref, c->size);

@@ -189,7 +189,7 @@ vt_open (struct vt_dev *d, const struct vt_kind *k, uint64_t max, bool full)
   /* vol_attach: the device goes on in an empty cache over what it held. */
   d->cache = store_create_like (dev);
   ck_assert_ptr_nonnull (d->cache);
-  ck_assert_int_eq (store_set_retain (d->cache),
+  ck_assert_int_eq (store_set_retain (d->cache, d->size / 4),
                     k->codec == CODEC_NONE ? 0 : -1);
   store_destroy (dev);
   d->durable = store_source (d->cache);
@@ -905,7 +905,7 @@ START_TEST (test_vt_race)
     ra->cache = store_create_like (dev);
     ck_assert_ptr_nonnull (ra->cache);
     if (store_codec (ra->cache) == CODEC_NONE)
-      ck_assert_int_eq (store_set_retain (ra->cache), 0);
+      ck_assert_int_eq (store_set_retain (ra->cache, VT_RACE_SIZE / 4), 0);
     store_destroy (dev);
     ra->durable = store_source (ra->cache);
     ra->seed = 50 + round + 100 * _i;
@@ -986,11 +986,13 @@ vt_byte (struct vt_dev *d, uint64_t at)
   return b;
 }
 
-/* A raw cache's spare pages (spare.c), page by page: a flush keeps the
- * pages that held data, counted; a partial write of a spare copies up
- * the durable page; a whole zero or trim gives spares back, and a later
- * partial write there reads zeroes around it, not the stale bytes; the
- * next flush gives back the spares no write took; a cut lets all go.
+/* A raw cache's spare pages (spare.c), page by page, with a budget of
+ * 5 unused pages: a flush keeps the pages that held data, counted; a
+ * partial write of a spare copies up the durable page; a whole zero or
+ * trim gives spares back, and a later partial write there reads zeroes
+ * around it, not the stale bytes; a flush gives back the spares no
+ * write took when they and the new ones pass the budget, and keeps
+ * them when not; a cut lets all go.
  */
 START_TEST (test_vt_spares)
 {
@@ -999,6 +1001,7 @@ START_TEST (test_vt_spares)
   unsigned char b;
 
   vt_open (&d, &vt_kinds[0], UINT64_MAX, false);
+  ck_assert_int_eq (store_set_retain (d.cache, 5 * STORE_PAGE), 0);
   memset (d.buf, 0xaa, 8 * STORE_PAGE);
   vt_request (&d, VOL_WRITE, d.buf, 8 * STORE_PAGE, 0, false);
   memset (d.buf, 0x33, 1536);
@@ -1028,25 +1031,29 @@ START_TEST (test_vt_spares)
   ck_assert_int_eq (vt_byte (&d, last + 1000), 0x44);
   ck_assert_int_eq (vt_byte (&d, last + 1535), 0x33);
   ck_assert_uint_eq (store_spare (d.cache), 4 * STORE_PAGE);
-  /* The next flush keeps pages 0, 1 and the last; 4 to 7 go back. */
+  /* The next flush keeps pages 0, 1 and the last; 4 to 7 go back (7
+   * pages would pass the budget).
+   */
   vt_flush (&d);
   ck_assert_uint_eq (store_spare (d.cache), 3 * STORE_PAGE);
-  vt_flush (&d);
-  ck_assert_uint_eq (store_spare (d.cache), 0);
+  vt_flush (&d);                /* 3 unused fit: kept */
+  ck_assert_uint_eq (store_spare (d.cache), 3 * STORE_PAGE);
   ck_assert_int_eq (store_read (d.cache, &b, 1, 100), 0);
   ck_assert_int_eq (b, 0x11);
   /* A cut takes the spares with the rest. */
   vt_request (&d, VOL_WRITE, d.buf, 10, 0, false);
+  ck_assert_uint_eq (store_spare (d.cache), 2 * STORE_PAGE);
   vt_flush (&d);
-  ck_assert_uint_eq (store_spare (d.cache), STORE_PAGE);
+  ck_assert_uint_eq (store_spare (d.cache), 3 * STORE_PAGE);
   vt_cut_check (&d, &vt_keep_modes[0], 1, false, NULL);
   ck_assert_uint_eq (store_spare (d.cache), 0);
   vt_close (&d);
 }
 END_TEST
 
-/* Spare pages in the kernel's terms: rewriting what a flush kept takes
- * no new memory; a flush with nothing rewritten gives it back.
+/* Spare pages in the kernel's terms, with a budget of 16 MiB: rewriting
+ * the 32 MiB a flush kept takes no new memory; a flush with nothing
+ * rewritten, the unused spares over the budget, gives them back.
  */
 START_TEST (test_vt_spares_rss)
 {
@@ -1057,6 +1064,7 @@ START_TEST (test_vt_spares_rss)
   uint64_t base, kept, rewritten, back, slack = 4 * MiB;
 
   vt_open (&d, &k, UINT64_MAX, false);
+  ck_assert_int_eq (store_set_retain (d.cache, 16 * MiB), 0);
   helpers_fill (data, MiB, 0, 9);
   for (uint64_t o = 0; o < len; o += MiB)
     ck_assert_int_eq (store_write (d.durable, data, MiB, o), 0);
