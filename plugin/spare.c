@@ -12,9 +12,10 @@
  * page the cache does not hold, but still mapped; a later write to it
  * takes it back without a fault.  Spare pages no write took back stay
  * for later flushes while they and the new ones fit in the cache's
- * budget (spare_max); past it they are given back at the flush, so the
- * spare memory is at most the budget or what was written since the last
- * flush, whichever is more.
+ * budget (spare_max); past it the flush empties the cache whole, as
+ * without spares (store_forget_detach: O(1) with the gate closed, the
+ * memory freed after it opens), so spares never pass the budget and a
+ * flush never gives pages back to the kernel with the gate closed.
  *
  *   K1  A spare page is of class source (map and hide clear) and its
  *       bit is set in the chunk's spare bitmap; it holds stale bytes,
@@ -28,13 +29,14 @@
  *       them (in held) and store_spare says how many bytes they are;
  *       store_data does not.  So that spares do not refuse writes the
  *       cap would take, store_forget_keep keeps none while the limit is
- *       more than half used (the caller then empties the cache whole).  Taking one back or giving it back moves
+ *       more than half used, nor past the budget (the caller then
+ *       empties the cache whole).  Taking one back or giving it back moves
  *       the counters down by it (acct_spare) as the request settles.
  *       store_forget_detach (a power cut) takes the spare pages out
  *       with the rest.
  *   K3  store_forget_keep runs with the device's gate closed, as the
  *       fold before it (V2 in volatile.c), and costs a pass over the
- *       cache's bitmaps plus giving back last flush's unused spares.
+ *       cache's bitmaps: it gives nothing back to the kernel.
  */
 
 #include <errno.h>
@@ -116,66 +118,40 @@ spare_clear (struct store *s, struct chunk *c, uint64_t p, uint64_t q,
 }
 
 /* Empty retaining cache s, as store_forget does, but keep the pages
- * that held data as spares (K1), and the spares no write took since
- * the last call if all of them fit in the budget, else give those back.
- * The device's gate is closed (K3).
- * -1 with errno and s unchanged: EINVAL if s does not retain, ENOSPC if
- * its limit is more than half used (K2).
+ * that held data as spares (K1), with the spares no write took since
+ * the last call.  The device's gate is closed (K3).  -1 with errno and
+ * s unchanged: EINVAL if s does not retain, ENOSPC if they would not
+ * all fit in its budget or its limit is more than half used (K2).
  */
 int
 store_forget_keep (struct store *s)
 {
-  uint64_t idx = 0, gone = 0;
-  bool keep_unused;
+  uint64_t idx = 0;
 
   if (!s->retain) {
     errno = EINVAL;
     return -1;
   }
-  if (s->limit && atomic_load (&s->limit->used) > s->limit->max / 2) {
-    errno = ENOSPC;             /* spares would crowd the cap (K2) */
+  if (atomic_load (&s->spare) + atomic_load (&s->data) > s->spare_max ||
+      (s->limit && atomic_load (&s->limit->used) > s->limit->max / 2)) {
+    errno = ENOSPC;             /* past the budget, or crowding the cap */
     return -1;
   }
-  keep_unused = atomic_load (&s->spare) + atomic_load (&s->data)
-                <= s->spare_max;
   while ((idx = chunkdir_next (&s->dir, idx, s->dir.nchunks))
          < s->dir.nchunks) {
     struct chunk *c = chunkdir_get (&s->dir, idx);
     _Atomic uint64_t *sp = store_spare_bits (s, c);
 
     for (uint64_t w = 0; w < s->map_words; w++) {
-      uint64_t old = atomic_load_explicit (&sp[w], memory_order_relaxed);
       uint64_t d = atomic_load_explicit (&c->map[w], memory_order_relaxed);
 
-      /* Runs of unused spares go back to the kernel, past the budget. */
-      if (keep_unused) {
-        atomic_store_explicit (&sp[w], old | d, memory_order_relaxed);
-        old = 0;
-      }
-      for (uint64_t bits = old; bits != 0; ) {
-        uint64_t from = __builtin_ctzll (bits), to = from;
-
-        while (to < 64 && (bits >> to & 1))
-          to++;
-        arena_release (c->data + ((w * 64 + from) << STORE_PAGE_SHIFT),
-                       (to - from) << STORE_PAGE_SHIFT, s->mlock);
-        bits &= to == 64 ? 0 : ~(uint64_t) 0 << to;
-      }
-      gone += __builtin_popcountll (old);
-      if (!keep_unused)
-        atomic_store_explicit (&sp[w], d, memory_order_relaxed);
+      atomic_fetch_or_explicit (&sp[w], d, memory_order_relaxed);
       atomic_store_explicit (&c->map[w], 0, memory_order_relaxed);
       atomic_store_explicit (&c->hide[w], 0, memory_order_relaxed);
     }
     idx++;
   }
-  /* The counters move down once the memory has gone (I5). */
-  gone *= STORE_PAGE;
-  atomic_fetch_sub (&s->held, gone);
-  atomic_store (&s->spare, atomic_load (&s->spare) - gone
-                           + atomic_load (&s->data));
+  atomic_fetch_add (&s->spare, atomic_load (&s->data));
   atomic_store (&s->data, 0);
-  if (s->limit)
-    atomic_fetch_sub (&s->limit->used, gone);
   return 0;
 }

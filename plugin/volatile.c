@@ -36,20 +36,22 @@
  *       empties the log.  The log and the counts are under v->lock, a
  *       lock of this device only.
  *   V6  A cut, or a flush that keeps no spares (V7), takes the cache's
- *       pages out in O(1) with the gate closed (store_forget_detach) and frees them after it
- *       opens, on the reclaimer thread (vol_reclaim), so neither the
- *       requests waiting at the gate nor the control call's reply wait
- *       for the kernel to unmap them.  They stay counted against
- *       max-memory until freed.  The thread ends when nothing is left
- *       to free (so an idle server has no thread of ours), and is joined
- *       by the next vol_reclaim or by vol_stop (at unload).
+ *       pages out in O(1) with the gate closed (store_forget_detach)
+ *       and frees them after it opens, on the reclaimer thread
+ *       (vol_reclaim), so neither the requests waiting at the gate nor
+ *       the control call's reply wait for the kernel to unmap them.
+ *       They stay counted against max-memory until freed.  The thread
+ *       ends when nothing is left to free (so an idle server has no
+ *       thread of ours), and is joined by the next vol_reclaim or by
+ *       vol_stop (at unload).
  *   V7  A raw cache retains (spare.c): a flush keeps the pages that held
- *       data as spares for the writes after it (store_forget_keep, with
- *       the gate closed), so they take no page faults, and the spares no
- *       write took while they fit in a quarter of the device (256 MiB at
- *       most); it empties the
- *       cache as V6 says only when the cap is more than half used, and
- *       a cut always does, spares included.
+ *       data as spares for the writes after it, beside the spares no
+ *       write took, while all fit in a quarter of the device (256 MiB
+ *       at most) and the cap is at most half used (store_forget_keep,
+ *       with the gate closed, giving nothing back to the kernel); so a
+ *       working set rewritten between flushes takes no page faults.
+ *       Otherwise the flush empties the cache as V6 says; a cut always
+ *       does, spares included.
  *
  * With keep=random each unit-sized block of the cache's own pages is
  * kept or not by a hash of the seed and the block's index, so the same

@@ -524,8 +524,9 @@ class Sem:
     def memory(self):
         """Spare pages (a 2 MiB raw device keeps 512 KiB unused at most):
         a flush keeps what the cache held, a write over it takes nothing
-        more, unused ones stay within the budget and go past it, a cut
-        lets all go; allocated is always the data plus the spares."""
+        more, unused ones stay within the budget, a flush past it empties
+        the cache whole, a cut lets all go; allocated is always the data
+        plus the spares."""
         w = 256 * KiB
         h = self.conn()
         self.cut(keep="all")        # no spares left from earlier checks
@@ -560,14 +561,14 @@ class Sem:
               "memory: an unflushed 512 KiB over flushed data takes %d "
               "bytes" % (five["allocated"] - one["allocated"]))
         h.flush()                   # 768 KiB would pass the budget
-        info("a flush past the budget", 2 * w)
+        info("a flush past the budget (the cache emptied whole)", 0)
         self.cut(keep="none")
         six = info("after a cut", 0)
         h.shutdown()
         self.notes.append("memory: a flush keeps the cache's pages as "
                           "spares, a write over them takes nothing more, "
-                          "unused ones stay within the budget and go past "
-                          "it, a cut lets all go (%d bytes left)"
+                          "unused ones stay within the budget, a flush past "
+                          "it and a cut let all go (%d bytes left)"
                           % six["allocated"])
 
 

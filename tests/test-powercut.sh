@@ -23,8 +23,8 @@
 #     cut, writes, and the device is still volatile;
 #  4. memory (plain device): a flush keeps the cache's pages as spares
 #     (spare_bytes), a write over them takes no more memory, unused ones
-#     stay within the budget (a quarter of the device) and go past it,
-#     a cut lets all go, and "allocated" is the data plus the spares;
+#     stay within the budget (a quarter of the device), a flush past it
+#     and a cut let all go, and "allocated" is the data plus the spares;
 #  5. keep=random is deterministic: the same workload and seed on a
 #     fresh server give byte-identical devices, another seed differs;
 #  6. refusals: power_cut of a device that is not volatile (EINVAL), bad

@@ -89,11 +89,12 @@
  * durable store, and the cache's pages that still show it read its new
  * bytes.  A flush is store_fold of the cache (predicted as a snapshot's
  * fold), then, if it went through, store_forget_keep of a raw cache
- * (spare.c) while the cap is at most half used: the spares no write
- * took since the last flush stay if they and the new ones fit in
- * SPARE_MAX, else go back, the pages that held data become spares (a flag per page: counted in store_allocated and store_spare;
- * every state change of a page takes its spare back or gives it back),
- * and the cache, keeping its chunks, reads as the durable store;
+ * (spare.c) if the spares no write took since the last flush and the
+ * new ones fit in SPARE_MAX and the cap is at most half used: the pages
+ * that held data become spares too (a flag per page: counted in
+ * store_allocated and store_spare; every state change of a page takes
+ * its spare back or gives it back), and the cache, keeping its chunks,
+ * reads as the durable store;
  * otherwise store_forget_detach and store_husk_free: the cap counts the
  * pages until freed, and then the cache holds nothing.  A power cut is
  * store_fold_some with a keep of none, all, or units (512 or 4096
@@ -1334,16 +1335,17 @@ vol_forget_model (struct dev *c)
 }
 
 /* Empty retaining cache c keeping spares (store_forget_keep), if the
- * cap is at most half used: the spares no write took since the last
- * flush stay if they and the pages that held data fit in SPARE_MAX,
- * else go back; the pages that held data become spares, and every page
- * shows the durable store again; its chunks stay.  Whether it did.
+ * spares no write took since the last flush and the pages that held
+ * data fit in SPARE_MAX and the cap is at most half used: the pages
+ * that held data become spares too, and every page shows the durable
+ * store again; its chunks stay.  Whether it did.
  */
 static bool
 vol_keep_model (struct dev *c)
 {
-  bool want = c->retain && (limit.max == UINT64_MAX ||
-                            atomic_load (&limit.used) <= limit.max / 2);
+  bool want = c->retain && (c->nspare + c->own) * PAGE <= SPARE_MAX &&
+              (limit.max == UINT64_MAX ||
+               atomic_load (&limit.used) <= limit.max / 2);
   int r, err;
 
   errno = 0;
@@ -1355,14 +1357,11 @@ vol_keep_model (struct dev *c)
          c->id, r, err, want ? 0 : -1);
   if (!want)
     return false;
-  bool keep_unused = (c->nspare + c->own) * PAGE <= SPARE_MAX;
-
-  TRACE ("  kept %lu pages as spares, %lu spares %s\n",
-         (unsigned long) c->own, (unsigned long) c->nspare,
-         keep_unused ? "kept" : "given back");
+  TRACE ("  kept %lu pages as spares beside %lu\n",
+         (unsigned long) c->own, (unsigned long) c->nspare);
   for (uint64_t p = 0; p < c->npages; p++)
-    c->spare[p] = (keep_unused && c->spare[p]) || c->state[p] == P_OWN;
-  c->nspare = (keep_unused ? c->nspare : 0) + c->own;
+    c->spare[p] |= c->state[p] == P_OWN;
+  c->nspare += c->own;
   c->own = 0;
   memset (c->state, P_SOURCE, c->npages + 1);
   memcpy (c->ref, c->source->ref, c->size);
