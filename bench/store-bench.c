@@ -58,7 +58,10 @@
  *                        store_forget_keep, untimed): its writes land in
  *                        pages the cache does not hold, but keeps as
  *                        spares (plugin/spare.c), as after a flush the
- *                        pages written before it.  Each request also
+ *                        pages written before it (its budget is the
+ *                        whole range: the plugin's, a quarter of the
+ *                        device up to 256 MiB, holds a range this size
+ *                        on a device of 4 x 2 x -m MiB or more).  Each request also
  *                        checks the cut state
  *                        (memblock_cut_off) and each write does what
  *                        vol_wrote does without FUA: the device's mutex
@@ -847,7 +850,7 @@ main (int argc, char **argv)
     /* The caches over the prefilled stores; vol-warm's gets every page. */
     for (i = 1; i <= 2; i++)
       if ((variants[i].st = store_create_like (stores[i])) == NULL ||
-          store_set_retain (variants[i].st, region * MAX_THREADS / 4) == -1)
+          store_set_retain (variants[i].st, region * MAX_THREADS) == -1)
         die ("store_create_like");
     for (uint64_t off = 0; off < region * MAX_THREADS; off += BIG)
       if (store_write (variants[2].st, bufs[1], BIG, off) == -1)
