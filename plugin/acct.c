@@ -123,7 +123,7 @@ acct_pages (struct tally *t, uint64_t gained, uint64_t released)
   t->held += ((int64_t) gained - (int64_t) released) * (int64_t) STORE_PAGE;
 }
 
-/* Count spare pages (spare.c, K2) taken into use or given back: they
+/* Count spare pages (spare.c, W2) taken into use or given back: they
  * were held already, so the memory held falls by them (and rises again
  * by the pages gained).
  */

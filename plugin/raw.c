@@ -143,7 +143,7 @@ raw_read (struct store *s, struct chunk *c, uint64_t base,
 
 /* ZERO to DATA: bytes [pos, next) of locked page p get in, unless they
  * are all zero (the page stays a hole).  A spare page taken back is
- * cleared first (K1 in spare.c).  Returns 1 if the page was set.
+ * cleared first (W1 in spare.c).  Returns 1 if the page was set.
  */
 static uint64_t
 raw_zero_to_data (struct store *s, struct chunk *c, uint64_t p,
@@ -162,7 +162,7 @@ raw_zero_to_data (struct store *s, struct chunk *c, uint64_t p,
 /* SOURCE to DATA or ZERO: locked page p of clone chunk c (at base) is
  * copied up with bytes [from, to) of it becoming src (zeroes if NULL),
  * kept if not all zero, and hidden (C1, C2).  A spare page is taken back
- * (the copy-up writes all of it, K1 in spare.c).  Returns 1 if it was
+ * (the copy-up writes all of it, W1 in spare.c).  Returns 1 if it was
  * set.
  */
 static uint64_t
@@ -185,7 +185,7 @@ raw_source_to_own (struct store *s, struct chunk *c, uint64_t base,
 
 /* DATA to ZERO: clear locked pages [p, q) of chunk c and give them
  * back, hiding them first in a clone (C2); returns pages released.  The
- * spare pages among them go back too (K1 in spare.c), counted in t.
+ * spare pages among them go back too (W1 in spare.c), counted in t.
  */
 static uint64_t
 raw_release (struct store *s, struct chunk *c, uint64_t p, uint64_t q,

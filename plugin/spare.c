@@ -17,7 +17,7 @@
  * memory freed after it opens), so spares never pass the budget and a
  * flush never gives pages back to the kernel with the gate closed.
  *
- *   K1  A spare page is of class source (map and hide clear) and its
+ *   W1  A spare page is of class source (map and hide clear) and its
  *       bit is set in the chunk's spare bitmap; it holds stale bytes,
  *       which nothing reads: reads, extents and folds go by class.
  *       Its bit is cleared under its page lock by the request that
@@ -25,7 +25,7 @@
  *       page, or a zero-filled page before a partial write) or gives
  *       it back (spare_release_bits, with the pages released with it),
  *       or with the device's gate closed (store_forget_keep).
- *   K2  Spare pages stay counted: store_allocated and the limit include
+ *   W2  Spare pages stay counted: store_allocated and the limit include
  *       them (in held) and store_spare says how many bytes they are;
  *       store_data does not.  So that spares do not refuse writes the
  *       cap would take, store_forget_keep keeps none while the limit is
@@ -34,7 +34,7 @@
  *       the counters down by it (acct_spare) as the request settles.
  *       store_forget_detach (a power cut) takes the spare pages out
  *       with the rest.
- *   K3  store_forget_keep runs with the device's gate closed, as the
+ *   W3  store_forget_keep runs with the device's gate closed, as the
  *       fold before it (V2 in volatile.c), and costs a pass over the
  *       cache's bitmaps: it gives nothing back to the kernel.
  */
@@ -61,15 +61,15 @@ store_set_retain (struct store *s, uint64_t spare_max)
   return 0;
 }
 
-/* Bytes of spare pages s keeps (K2). */
+/* Bytes of spare pages s keeps (W2). */
 uint64_t
 store_spare (const struct store *s)
 {
   return atomic_load_explicit (&s->spare, memory_order_relaxed);
 }
 
-/* If locked page p of chunk c is spare, take it back for data (K1): its
- * bit cleared, counted in t (K2); true if it was.
+/* If locked page p of chunk c is spare, take it back for data (W1): its
+ * bit cleared, counted in t (W2); true if it was.
  */
 bool
 spare_take (struct store *s, struct chunk *c, uint64_t p, struct tally *t)
@@ -85,7 +85,7 @@ spare_take (struct store *s, struct chunk *c, uint64_t p, struct tally *t)
   return true;
 }
 
-/* Clear the spare bits of locked pages [p, q) of chunk c (K1), which
+/* Clear the spare bits of locked pages [p, q) of chunk c (W1), which
  * the caller gives back with them; returns how many were set.
  */
 uint64_t
@@ -106,7 +106,7 @@ spare_release_bits (struct store *s, struct chunk *c, uint64_t p, uint64_t q)
 }
 
 /* Take back the spare pages among locked pages [p, q) of chunk c,
- * zero-filled, for a caller that writes into them in place (K1).
+ * zero-filled, for a caller that writes into them in place (W1).
  */
 void
 spare_clear (struct store *s, struct chunk *c, uint64_t p, uint64_t q,
@@ -118,10 +118,10 @@ spare_clear (struct store *s, struct chunk *c, uint64_t p, uint64_t q,
 }
 
 /* Empty retaining cache s, as store_forget does, but keep the pages
- * that held data as spares (K1), with the spares no write took since
- * the last call.  The device's gate is closed (K3).  -1 with errno and
+ * that held data as spares (W1), with the spares no write took since
+ * the last call.  The device's gate is closed (W3).  -1 with errno and
  * s unchanged: EINVAL if s does not retain, ENOSPC if they would not
- * all fit in its budget or its limit is more than half used (K2).
+ * all fit in its budget or its limit is more than half used (W2).
  */
 int
 store_forget_keep (struct store *s)

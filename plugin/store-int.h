@@ -46,7 +46,7 @@ struct tally {
   uint64_t released;            /* data: pages cleared */
   int64_t held;                 /* change in the memory the data holds */
   uint64_t meta;                /* chunks created: their headers (I6) */
-  uint64_t spare_gone;          /* spare pages taken or given back (K2) */
+  uint64_t spare_gone;          /* spare pages taken or given back (W2) */
 };
 
 /* What malloc takes for an allocation of n bytes: its header, rounded
@@ -132,7 +132,7 @@ struct store {
   _Atomic uint64_t chunks;      /* chunks created */
   bool retain;                  /* a volatile cache keeping spare pages */
   uint64_t spare_max;           /* bytes of unused spares it may keep */
-  _Atomic uint64_t spare;       /* bytes of spare pages, in held (K2) */
+  _Atomic uint64_t spare;       /* bytes of spare pages, in held (W2) */
   struct store_limit *limit;    /* may be NULL */
 };
 

@@ -38,7 +38,7 @@
  *   M1  locked memory follows data pages                raw.c
  *   R1  who holds a store, and when it goes             here
  *   L1-L2  snapshot layers: freezing, folding           layer.c
- *   K1-K3  a volatile cache's spare pages               spare.c
+ *   W1-W3  a volatile cache's spare pages               spare.c
  * Requests that overlap in flight land in one of the orders NBD allows:
  * each page ends up as some order of the requests that touched it left
  * it, and stays so.
@@ -199,7 +199,7 @@ store_forget_detach (struct store *s)
   atomic_store (&s->held, 0);
   atomic_store (&s->meta, 0);
   atomic_store (&s->chunks, 0);
-  atomic_store (&s->spare, 0);  /* the husk has them (K2 in spare.c) */
+  atomic_store (&s->spare, 0);  /* the husk has them (W2 in spare.c) */
   return h;
 }
 

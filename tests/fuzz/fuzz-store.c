@@ -262,7 +262,7 @@ ref_page_zero (const struct dev *d, uint64_t p)
 
 /* Set page p's state; the store took back or gave back a spare page
  * there, as each state change of the model is a page the store changed
- * under its lock (K1 in spare.c).
+ * under its lock (W1 in spare.c).
  */
 static void
 set_state (struct dev *d, uint64_t p, enum page_state st)
